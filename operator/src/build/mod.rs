@@ -1,0 +1,208 @@
+//! Pure builders: one function per owned object, from the application and a model to the object
+//! the operator applies. No client, no clock, no I/O, so every builder is unit-tested from YAML.
+
+mod deployment;
+mod hpa;
+mod router;
+mod service;
+mod service_monitor;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, PodSecurityContext, Probe, SeccompProfile, SecurityContext, HTTPGetAction,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{DEFAULT_IMAGE, LlmApplication, ModelConfig};
+
+pub use deployment::deployment;
+pub use hpa::{hpa, quantity_from_f64};
+pub use router::{router_deployment, router_service, router_url};
+pub use service::service;
+pub use service_monitor::{SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor, service_monitor_resource};
+
+/// Port the serving container listens on for OpenAI routes, `/health` and `/metrics`.
+pub const HTTP_PORT: i32 = 8000;
+/// Service port named `metrics`, forwarding to the container's HTTP port; ServiceMonitors scrape it.
+pub const METRICS_PORT: i32 = 9090;
+/// Container port name for the HTTP listener.
+pub const HTTP_PORT_NAME: &str = "http";
+/// Service port name Prometheus scrapes.
+pub const METRICS_PORT_NAME: &str = "metrics";
+/// Unprivileged UID the serving image runs as.
+pub const RUN_AS_USER: i64 = 65532;
+
+/// `app.kubernetes.io/*` and llmserve label keys.
+pub mod labels {
+    /// Always `llmserve`.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// The LlmApplication's name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `model` or `router`.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// Always [`super::super::MANAGER`].
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Always `llmserve`.
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// The model id, made label-safe (`/` and `:` become `_`).
+    pub const MODEL_ID: &str = "llmserve.dev/model-id";
+    /// Annotation carrying the model id verbatim.
+    pub const MODEL_ID_ANNOTATION: &str = "llmserve.dev/model-id";
+    /// Component value of model replicas.
+    pub const COMPONENT_MODEL: &str = "model";
+    /// Component value of the router.
+    pub const COMPONENT_ROUTER: &str = "router";
+}
+
+/// The name every object of `model` in `app` gets: `<app>-<slug of modelId>`.
+pub fn model_object_name(app_name: &str, model_id: &str) -> String {
+    format!("{app_name}-{}", slug(model_id))
+}
+
+/// Name of the application's router Deployment and Service.
+pub fn router_name(app_name: &str) -> String {
+    format!("{app_name}-router")
+}
+
+/// Lower-case DNS-1035 form of a model id: runs of other characters become one `-`.
+pub fn slug(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// Label-safe model id: characters labels refuse become `_`.
+pub fn label_value(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect()
+}
+
+/// Labels selecting one model's pods.
+pub fn model_selector(app_name: &str, model_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::INSTANCE.to_string(), app_name.to_string()),
+        (labels::COMPONENT.to_string(), labels::COMPONENT_MODEL.to_string()),
+        (labels::MODEL_ID.to_string(), label_value(model_id)),
+    ])
+}
+
+/// Labels selecting the router's pods.
+pub fn router_selector(app_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::INSTANCE.to_string(), app_name.to_string()),
+        (labels::COMPONENT.to_string(), labels::COMPONENT_ROUTER.to_string()),
+    ])
+}
+
+/// Selector-independent labels every child carries, plus the given selector labels.
+pub fn object_labels(selector: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut l = selector.clone();
+    l.insert(labels::NAME.into(), "llmserve".into());
+    l.insert(labels::PART_OF.into(), "llmserve".into());
+    l.insert(labels::MANAGED_BY.into(), crate::MANAGER.into());
+    l
+}
+
+/// Metadata of a child: name, namespace, labels and the controller owner reference.
+pub fn child_meta(app: &LlmApplication, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: app.namespace(),
+        labels: Some(labels),
+        owner_references: owner_ref(app).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn owner_ref(app: &LlmApplication) -> Option<OwnerReference> {
+    app.controller_owner_ref(&())
+}
+
+/// Metadata of a model's child, with the verbatim model id as an annotation.
+pub fn model_meta(app: &LlmApplication, model: &ModelConfig) -> ObjectMeta {
+    let app_name = app.name_any();
+    let mut meta = child_meta(
+        app,
+        model_object_name(&app_name, model.model_id()),
+        object_labels(&model_selector(&app_name, model.model_id())),
+    );
+    meta.annotations = Some(BTreeMap::from([(
+        labels::MODEL_ID_ANNOTATION.to_string(),
+        model.model_id().to_string(),
+    )]));
+    meta
+}
+
+/// The image a model runs: the model's override, else the app's, else the default.
+pub fn image_for(app: &LlmApplication, model: Option<&ModelConfig>) -> String {
+    model
+        .and_then(|m| m.image.clone())
+        .or_else(|| app.spec.image.clone())
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_string())
+}
+
+/// Non-root, seccomp'd pod: the serving image needs no privilege at all.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Read-only root, no escalation, every capability dropped.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// An HTTP GET probe on `/health` of the named port.
+pub fn health_probe(period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/health".into()),
+            port: IntOrString::String(HTTP_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(3),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slug_makes_dns_labels() {
+        assert_eq!(slug("qwen-0.5b"), "qwen-0-5b");
+        assert_eq!(slug("Qwen/Qwen2.5-0.5B-Instruct"), "qwen-qwen2-5-0-5b-instruct");
+        assert_eq!(slug("--a__b--"), "a-b");
+    }
+
+    #[test]
+    fn label_values_are_label_safe() {
+        assert_eq!(label_value("Qwen/Qwen2.5:latest"), "Qwen_Qwen2.5_latest");
+    }
+}

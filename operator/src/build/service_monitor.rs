@@ -1,0 +1,49 @@
+//! Prometheus Operator ServiceMonitors, built as dynamic objects: the CRD may be absent, and the
+//! operator discovers it at run time instead of depending on its types.
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::*;
+use crate::crd::{LlmApplication, ModelConfig};
+
+/// `monitoring.coreos.com/v1`.
+pub const SERVICE_MONITOR_API_VERSION: &str = "monitoring.coreos.com/v1";
+/// `ServiceMonitor`.
+pub const SERVICE_MONITOR_KIND: &str = "ServiceMonitor";
+
+/// The API resource of ServiceMonitors.
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", SERVICE_MONITOR_KIND),
+        "servicemonitors",
+    )
+}
+
+/// A ServiceMonitor scraping `/metrics` on the `metrics` port of the model's Service, or of the
+/// router's when `model` is `None`.
+pub fn service_monitor(app: &LlmApplication, model: Option<&ModelConfig>) -> DynamicObject {
+    let app_name = app.name_any();
+    let (meta, selector) = match model {
+        Some(m) => (model_meta(app, m), model_selector(&app_name, m.model_id())),
+        None => {
+            let sel = router_selector(&app_name);
+            (child_meta(app, router_name(&app_name), object_labels(&sel)), sel)
+        }
+    };
+    let mut obj = DynamicObject::new(meta.name.as_deref().unwrap_or_default(), &service_monitor_resource());
+    obj.metadata = meta;
+    obj.data = json!({
+        "spec": {
+            "selector": { "matchLabels": selector },
+            "endpoints": [{
+                "port": METRICS_PORT_NAME,
+                "path": "/metrics",
+                "interval": "15s",
+                "scrapeTimeout": "10s",
+            }],
+        }
+    });
+    obj
+}

@@ -1,0 +1,386 @@
+//! The reconcile pipeline: validate, build, apply, update status.
+//!
+//! Only `apply`, `prune` and `update_status` touch the API. An invalid spec becomes a condition
+//! and an Event and waits for the next edit, leaving running children alone; API errors requeue
+//! with exponential backoff.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::build::{self, labels};
+use crate::crd::{LlmApplication, LlmApplicationStatus, ModelConfig};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{self, Cond, reasons, types};
+use crate::validate::validate;
+use crate::MANAGER;
+
+/// Field manager that sets only the initial replica count of an autoscaled Deployment, so the
+/// main manager can leave `spec.replicas` to the HPA without it falling back to the default.
+pub const INITIAL_REPLICAS_MANAGER: &str = "llmserve-operator-initial-replicas";
+/// How often a healthy application is looked at again without any change.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Shared state of every reconcile.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes Events on LlmApplications.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Metrics,
+    service_monitors: Mutex<Option<(Instant, bool)>>,
+    failures: Mutex<HashMap<ObjectRef<LlmApplication>, u32>>,
+}
+
+impl Context {
+    /// A context publishing Events as `reporter`.
+    pub fn new(client: Client, metrics: Metrics, reporter: Reporter) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            service_monitors: Mutex::new(None),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `monitoring.coreos.com/v1` ServiceMonitors exist, rechecked every 30 seconds so a
+    /// CRD installed later is picked up.
+    async fn service_monitors_available(&self) -> bool {
+        if let Some((at, known)) = *self.service_monitors.lock().unwrap()
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return known;
+        }
+        let available = match self.client.list_api_group_resources(build::SERVICE_MONITOR_API_VERSION).await {
+            Ok(list) => list.resources.iter().any(|r| r.name == "servicemonitors"),
+            Err(e) => {
+                tracing::debug!(error = %e, "ServiceMonitor discovery");
+                false
+            }
+        };
+        *self.service_monitors.lock().unwrap() = Some((Instant::now(), available));
+        available
+    }
+
+    async fn event(&self, app: &LlmApplication, type_: EventType, reason: &str, action: &str, note: String) {
+        let reference: ObjectReference = app.object_ref(&());
+        let mut note = note;
+        note.truncate(1000);
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Every object one application should have, built from its spec.
+pub struct Desired {
+    /// Per model: the model, its Deployment, Service, HPA (when autoscaling) and ServiceMonitor.
+    pub models: Vec<(ModelConfig, Deployment, Service, Option<HorizontalPodAutoscaler>, DynamicObject)>,
+    /// Router Deployment.
+    pub router_deployment: Deployment,
+    /// Router Service.
+    pub router_service: Service,
+    /// Router ServiceMonitor.
+    pub router_monitor: DynamicObject,
+}
+
+impl Desired {
+    /// Builds every child; pure.
+    pub fn build(app: &LlmApplication) -> Self {
+        Desired {
+            models: app
+                .spec
+                .models
+                .iter()
+                .map(|m| {
+                    (m.clone(), build::deployment(app, m), build::service(app, m), build::hpa(app, m), build::service_monitor(app, Some(m)))
+                })
+                .collect(),
+            router_deployment: build::router_deployment(app),
+            router_service: build::router_service(app),
+            router_monitor: build::service_monitor(app, None),
+        }
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+/// Reconciles one application; the entry point the controller calls.
+pub async fn reconcile(app: Arc<LlmApplication>, ctx: Arc<Context>) -> Result<Action> {
+    let timer = ctx.metrics.duration.start_timer();
+    let result = reconcile_inner(&app, &ctx).await;
+    timer.observe_duration();
+    match &result {
+        Ok(Outcome::Applied) => {
+            ctx.metrics.reconciles.with_label_values(&["success"]).inc();
+            ctx.failures.lock().unwrap().remove(&ObjectRef::from_obj(app.as_ref()));
+        }
+        Ok(Outcome::Invalid) => ctx.metrics.reconciles.with_label_values(&["invalid"]).inc(),
+        Err(e) => {
+            ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+            ctx.metrics.errors.with_label_values(&[e.metric_label()]).inc();
+        }
+    }
+    result.map(|o| match o {
+        Outcome::Applied => Action::requeue(RESYNC),
+        Outcome::Invalid => Action::await_change(),
+    })
+}
+
+enum Outcome {
+    Applied,
+    Invalid,
+}
+
+async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome> {
+    // === validate ===
+    let problems = validate(app);
+    if !problems.is_empty() {
+        let msg = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        tracing::warn!(app = %app.name_any(), problems = %msg, "invalid spec; children left as they are");
+        let conds = [
+            Cond::new(types::READY, false, reasons::INVALID_SPEC, msg.clone()),
+            Cond::new(types::DEGRADED, true, reasons::INVALID_SPEC, msg.clone()),
+        ];
+        update_status(ctx, app, &conds, None).await?;
+        ctx.event(app, EventType::Warning, reasons::INVALID_SPEC, "Validate", msg).await;
+        return Ok(Outcome::Invalid);
+    }
+
+    // === build ===
+    let desired = Desired::build(app);
+    let monitors = ctx.service_monitors_available().await;
+
+    // === apply ===
+    let applied = match apply(ctx, app, &desired, monitors).await {
+        Ok(a) => a,
+        Err(e) => {
+            let msg = format!("applying children failed ({}): {e}", e.metric_label());
+            let conds = [Cond::new(types::DEGRADED, true, reasons::APPLY_FAILED, msg.clone())];
+            // The status write may fail for the same reason; the apply error is what matters.
+            let _ = update_status(ctx, app, &conds, None).await;
+            ctx.event(app, EventType::Warning, reasons::APPLY_FAILED, "Apply", msg).await;
+            return Err(e);
+        }
+    };
+    let removed = prune(ctx, app, &desired, monitors).await?;
+    for name in &removed {
+        ctx.event(app, EventType::Normal, "ModelRemoved", "Prune", format!("deleted {name}, no longer in spec.models")).await;
+    }
+
+    // === update status ===
+    let mut conds = status::rollout_conditions(&applied.models, &applied.router);
+    conds.push(if monitors {
+        Cond::new(types::MONITORED, true, reasons::SERVICE_MONITORS_APPLIED, "ServiceMonitors applied for every model and the router")
+    } else {
+        Cond::new(
+            types::MONITORED,
+            false,
+            reasons::SERVICE_MONITOR_CRD_MISSING,
+            "the monitoring.coreos.com/v1 ServiceMonitor CRD is not installed; install the Prometheus Operator to have models scraped",
+        )
+    });
+    let models = applied.models.iter().map(|(id, d)| status::model_status(id, d)).collect();
+    let first_time = app.status.as_ref().and_then(|s| s.observed_generation) != app.metadata.generation;
+    let previously_monitored = condition_status(app, types::MONITORED);
+    update_status(ctx, app, &conds, Some((models, build::router_url(app)))).await?;
+    if first_time {
+        let note = format!("applied {} model(s) and the router at generation {}", app.spec.models.len(), app.metadata.generation.unwrap_or(0));
+        ctx.event(app, EventType::Normal, "Applied", "Apply", note).await;
+    }
+    if !monitors && previously_monitored.as_deref() != Some("False") {
+        ctx.event(app, EventType::Warning, reasons::SERVICE_MONITOR_CRD_MISSING, "Apply", "ServiceMonitor CRD missing; models are served but not scraped".into()).await;
+    }
+    Ok(Outcome::Applied)
+}
+
+fn condition_status(app: &LlmApplication, type_: &str) -> Option<String> {
+    app.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+}
+
+/// What the API server reported back for the applied Deployments.
+struct Applied {
+    models: Vec<(String, Deployment)>,
+    router: Deployment,
+}
+
+async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors: bool) -> Result<Applied> {
+    let ns = app.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
+    let pp = apply_params();
+
+    let mut models = Vec::with_capacity(desired.models.len());
+    for (model, dep, svc, hpa, sm) in &desired.models {
+        let name = dep.name_any();
+        let initial = model.autoscaling().map(|a| a.initial_replicas.unwrap_or(a.min_replicas)).unwrap_or(1);
+        // Only an autoscaled model starting above one replica needs to know whether it is new.
+        let is_new = initial > 1 && deployments.get_metadata_opt(&name).await?.is_none();
+        let mut live = deployments.patch(&name, &pp, &Patch::Apply(dep)).await?;
+        if is_new {
+            let replicas = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {"replicas": initial}});
+            live = deployments.patch(&name, &PatchParams::apply(INITIAL_REPLICAS_MANAGER), &Patch::Apply(&replicas)).await?;
+        }
+        services.patch(&name, &pp, &Patch::Apply(svc)).await?;
+        if let Some(hpa) = hpa {
+            hpas.patch(&name, &pp, &Patch::Apply(hpa)).await?;
+        }
+        if monitors {
+            sms.patch(&name, &pp, &Patch::Apply(sm)).await?;
+        }
+        models.push((model.model_id().to_string(), live));
+    }
+    let router_name = desired.router_deployment.name_any();
+    let router = deployments.patch(&router_name, &pp, &Patch::Apply(&desired.router_deployment)).await?;
+    services.patch(&router_name, &pp, &Patch::Apply(&desired.router_service)).await?;
+    if monitors {
+        sms.patch(&router_name, &pp, &Patch::Apply(&desired.router_monitor)).await?;
+    }
+    Ok(Applied { models, router })
+}
+
+/// Deletes model children no longer desired: removed models, and HPAs of models that switched to
+/// a fixed replica count. Returns the names deleted.
+async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors: bool) -> Result<Vec<String>> {
+    let ns = app.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let selector = format!(
+        "{}={},{}={},{}={}",
+        labels::INSTANCE,
+        app.name_any(),
+        labels::MANAGED_BY,
+        MANAGER,
+        labels::COMPONENT,
+        labels::COMPONENT_MODEL
+    );
+    let lp = ListParams::default().labels(&selector);
+    let want: BTreeSet<String> = desired.models.iter().map(|(_, d, ..)| d.name_any()).collect();
+    let want_hpa: BTreeSet<String> =
+        desired.models.iter().filter_map(|(_, _, _, h, _)| h.as_ref().map(|h| h.name_any())).collect();
+    let mut removed = Vec::new();
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for name in stale(deployments.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want) {
+        delete(&deployments, &name).await?;
+        removed.push(format!("Deployment/{name}"));
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for name in stale(services.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want) {
+        delete(&services, &name).await?;
+        removed.push(format!("Service/{name}"));
+    }
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    for name in stale(hpas.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want_hpa) {
+        delete(&hpas, &name).await?;
+        removed.push(format!("HorizontalPodAutoscaler/{name}"));
+    }
+    if monitors {
+        let sms: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
+        for name in stale(sms.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want) {
+            delete(&sms, &name).await?;
+            removed.push(format!("ServiceMonitor/{name}"));
+        }
+    }
+    Ok(removed)
+}
+
+fn stale(names: impl Iterator<Item = String>, want: &BTreeSet<String>) -> Vec<String> {
+    names.filter(|n| !want.contains(n)).collect()
+}
+
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes status through server-side apply, only when it changed (an unchanged write would wake
+/// the controller again for nothing).
+async fn update_status(
+    ctx: &Context,
+    app: &LlmApplication,
+    conds: &[Cond],
+    observed: Option<(Vec<crate::crd::ModelStatus>, String)>,
+) -> Result<()> {
+    let (models, url) = match observed {
+        Some((m, u)) => (Some(m), Some(u)),
+        None => (None, None),
+    };
+    let next: LlmApplicationStatus =
+        status::next_status(app.status.as_ref(), conds, app.metadata.generation, models, url, Time(jiff::Timestamp::now()));
+    if app.status.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    let api: Api<LlmApplication> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": format!("{}/v1alpha1", crate::crd::GROUP),
+        "kind": "LlmApplication",
+        "status": next,
+    });
+    api.patch_status(&app.name_any(), &apply_params(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Requeue after an error, backing off exponentially per object: 1 s, 2 s, 4 s ... 5 min.
+pub fn error_policy(app: Arc<LlmApplication>, err: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().unwrap();
+    let n = failures.entry(ObjectRef::from_obj(app.as_ref())).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(app = %app.name_any(), error = %err, reason = err.metric_label(), ?delay, "reconcile failed; requeueing");
+    Action::requeue(delay)
+}
+
+/// Runs the controller until the stream ends (shutdown signal).
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let apps: Api<LlmApplication> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (deps, svcs, hpas) = match &namespace {
+        Some(ns) => (Api::<Deployment>::namespaced(client.clone(), ns), Api::<Service>::namespaced(client.clone(), ns), Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, MANAGER));
+    Controller::new(apps, watcher::Config::default())
+        .owns(deps, owned.clone())
+        .owns(svcs, owned.clone())
+        .owns(hpas, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile round");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,391 @@
+//! The `LlmApplication` API (`llmserve.dev/v1alpha1`).
+//!
+//! Names mirror Ray Serve LLM's `LLMConfig` in Kubernetes camelCase, so a Ray user recognises every
+//! field. Everything the OpenAPI schema and CEL can check is checked there, so `kubectl apply`
+//! refuses a bad spec before the operator sees it; `validate.rs` checks the rest.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::accelerator::AcceleratorType;
+
+/// API group of every llmserve resource.
+pub const GROUP: &str = "llmserve.dev";
+/// Serving image used when neither the app nor the model names one.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/llmserve/llmserve-server:0.1.0";
+/// Most models one application may list (bounds the cost of the uniqueness rule).
+pub const MAX_MODELS: usize = 32;
+
+/// An OpenAI-compatible application serving one or more models, like Ray Serve LLM's
+/// `build_openai_app({"llm_configs": [...]})`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "llmserve.dev",
+    version = "v1alpha1",
+    kind = "LlmApplication",
+    plural = "llmapplications",
+    shortname = "llmapp",
+    namespaced,
+    status = "LlmApplicationStatus",
+    derive = "PartialEq",
+    category = "llmserve",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Models","type":"string","jsonPath":".spec.models[*].modelLoadingConfig.modelId"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired model replicas","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmApplicationSpec {
+    /// The models this application serves; clients pick one with the request's `model` field.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(
+        "self.all(m, self.exists_one(n, n.modelLoadingConfig.modelId == m.modelLoadingConfig.modelId))"
+    ).message("modelLoadingConfig.modelId must be unique within the application"))]
+    pub models: Vec<ModelConfig>,
+
+    /// Serving image for every model and the router, unless a model overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Path prefix under which the router serves the OpenAI routes (`/v1/...`).
+    #[serde(default = "default_route_prefix")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^/[A-Za-z0-9._~/-]*$"))]
+    pub route_prefix: String,
+
+    /// The OpenAI-compatible router in front of all models of the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterConfig>,
+}
+
+fn default_route_prefix() -> String {
+    "/".into()
+}
+
+/// The application's ingress router.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterConfig {
+    /// Router replicas (the router is stateless).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// One served model, like Ray Serve LLM's `LLMConfig`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelConfig {
+    /// Which model, and where its weights come from.
+    pub model_loading_config: ModelLoadingConfig,
+
+    /// GPU to run on; absent or `none` runs on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_type: Option<AcceleratorType>,
+
+    /// Replica count: fixed, or autoscaled on ongoing requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_config: Option<DeploymentConfig>,
+
+    /// Engine settings passed to `llmserve-server` (vLLM's names in camelCase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_kwargs: Option<EngineKwargs>,
+
+    /// LoRA adapters served on top of the base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_config: Option<LoraConfig>,
+
+    /// Whether the engine exports its `vllm:*` metrics; false leaves only service-level metrics.
+    #[serde(default = "yes")]
+    pub log_engine_metrics: bool,
+
+    /// Overrides the resources derived from `acceleratorType`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra environment variables for the serving container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Serving image for this model only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Model identity and weights location.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelLoadingConfig {
+    /// The name clients send as `model`; unique in the application.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"))]
+    pub model_id: String,
+
+    /// A Hugging Face repo id (`Qwen/Qwen2.5-0.5B-Instruct`), an absolute path inside the image
+    /// (`/models/qwen`), or a PersistentVolumeClaim (`pvc://claim-name/path/in/volume`).
+    /// Defaults to `modelId`, read as a Hugging Face repo id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^(/[^\s]*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?)$")
+    )]
+    pub model_source: Option<String>,
+}
+
+/// Replica settings; `numReplicas` and `autoscalingConfig` exclude each other.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.numReplicas) && has(self.autoscalingConfig))")
+    .message("set either numReplicas or autoscalingConfig, not both"))]
+pub struct DeploymentConfig {
+    /// Autoscale between `minReplicas` and `maxReplicas` on ongoing requests per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling_config: Option<AutoscalingConfig>,
+
+    /// A fixed replica count (no HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub num_replicas: Option<i32>,
+}
+
+/// Ray Serve's autoscaling knobs, applied through an `autoscaling/v2` HPA.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && self.initialReplicas <= self.maxReplicas)")
+    .message("initialReplicas must lie between minReplicas and maxReplicas").field_path(".initialReplicas"))]
+pub struct AutoscalingConfig {
+    /// Fewest replicas (at least 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most replicas.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Target running + waiting requests per replica.
+    #[serde(default = "default_target_ongoing")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("targetOngoingRequests must be greater than 0"))]
+    #[schemars(range(max = 100000.0))]
+    pub target_ongoing_requests: f64,
+
+    /// Replicas to start with; defaults to `minReplicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub initial_replicas: Option<i32>,
+
+    /// How long load must stay high before scaling up.
+    #[serde(default = "default_upscale_delay")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub upscale_delay_seconds: i32,
+
+    /// How long load must stay low before scaling down.
+    #[serde(default = "default_downscale_delay")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub downscale_delay_seconds: i32,
+}
+
+fn default_target_ongoing() -> f64 {
+    2.0
+}
+fn default_upscale_delay() -> i32 {
+    30
+}
+fn default_downscale_delay() -> i32 {
+    600
+}
+
+impl Default for AutoscalingConfig {
+    fn default() -> Self {
+        Self {
+            min_replicas: 1,
+            max_replicas: 1,
+            target_ongoing_requests: default_target_ongoing(),
+            initial_replicas: None,
+            upscale_delay_seconds: default_upscale_delay(),
+            downscale_delay_seconds: default_downscale_delay(),
+        }
+    }
+}
+
+/// Engine settings; unknown keys are refused (the API server's strict field validation).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineKwargs {
+    /// Longest prompt + completion, in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_model_len: Option<i32>,
+    /// Most sequences in one batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_num_seqs: Option<i32>,
+    /// Most tokens scheduled in one engine step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_num_batched_tokens: Option<i32>,
+    /// GPUs per replica the model is sharded over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8))]
+    pub tensor_parallel_size: Option<i32>,
+    /// Fraction of GPU memory the engine may take (weights + KV cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("gpuMemoryUtilization must be in (0, 1]"))]
+    pub gpu_memory_utilization: Option<f64>,
+    /// Weight and activation dtype.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<Dtype>,
+    /// Tokens per KV-cache block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in [8, 16, 32, 64, 128]").message("blockSize must be one of 8, 16, 32, 64, 128"))]
+    pub block_size: Option<i32>,
+    /// Reuse KV blocks across requests that share a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_prefix_caching: Option<bool>,
+}
+
+/// Model dtype, as vLLM spells it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// Take the checkpoint's dtype.
+    Auto,
+    /// 32-bit float.
+    Float32,
+    /// 16-bit float.
+    Float16,
+    /// bfloat16.
+    Bfloat16,
+}
+
+impl Dtype {
+    /// The value `llmserve-server --dtype` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Auto => "auto",
+            Dtype::Float32 => "float32",
+            Dtype::Float16 => "float16",
+            Dtype::Bfloat16 => "bfloat16",
+        }
+    }
+}
+
+/// LoRA adapters, like Ray Serve LLM's `lora_config`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LoraConfig {
+    /// Where adapters are loaded from on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub dynamic_lora_loading_path: Option<String>,
+    /// Most adapters resident on one replica.
+    #[serde(default = "default_max_adapters")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_num_adapters_per_replica: i32,
+    /// Adapters loaded at start, each `name=source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub initial_adapters: Vec<String>,
+}
+
+fn default_max_adapters() -> i32 {
+    16
+}
+
+/// Observed state of an application.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmApplicationStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Per-model replica counts.
+    #[serde(default)]
+    pub models: Vec<ModelStatus>,
+    /// Ready over desired model replicas, summed over models (`3/4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
+    /// The router's in-cluster base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_url: Option<String>,
+}
+
+/// Replica counts of one model.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// The model's `modelId`.
+    pub model_id: String,
+    /// Pods the Deployment has.
+    pub replicas: i32,
+    /// Pods passing readiness.
+    pub ready_replicas: i32,
+    /// Pods wanted now (the HPA's choice when autoscaling).
+    pub desired_replicas: i32,
+}
+
+/// Conditions as a list-map keyed by `type`, so server-side apply merges them per type.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    let obj = schema.ensure_object();
+    obj.insert("x-kubernetes-list-type".into(), "map".into());
+    obj.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+impl ModelConfig {
+    /// The autoscaling settings in force, or `None` for a fixed replica count.
+    pub fn autoscaling(&self) -> Option<&AutoscalingConfig> {
+        self.deployment_config.as_ref()?.autoscaling_config.as_ref()
+    }
+
+    /// Fixed replica count when not autoscaling (Ray's default is one replica).
+    pub fn fixed_replicas(&self) -> i32 {
+        self.deployment_config.as_ref().and_then(|d| d.num_replicas).unwrap_or(1)
+    }
+
+    /// GPUs one replica needs: the tensor-parallel degree on a GPU, none on CPU.
+    pub fn gpus(&self) -> i32 {
+        match self.accelerator_type {
+            Some(a) if a.is_gpu() => self.tensor_parallel_size(),
+            _ => 0,
+        }
+    }
+
+    /// `engineKwargs.tensorParallelSize`, 1 when unset.
+    pub fn tensor_parallel_size(&self) -> i32 {
+        self.engine_kwargs.as_ref().and_then(|k| k.tensor_parallel_size).unwrap_or(1)
+    }
+
+    /// Where the weights come from; `modelId` itself when no source is given.
+    pub fn model_source(&self) -> &str {
+        self.model_loading_config
+            .model_source
+            .as_deref()
+            .unwrap_or(&self.model_loading_config.model_id)
+    }
+
+    /// The model's id, as clients name it.
+    pub fn model_id(&self) -> &str {
+        &self.model_loading_config.model_id
+    }
+}

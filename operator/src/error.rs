@@ -1,0 +1,37 @@
+//! The operator's one error type.
+
+/// Everything that can go wrong in a reconcile or in the operator process.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be (de)serialised.
+    #[error("serialisation failed: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// Sending the usage report failed.
+    #[error("usage report failed: {0}")]
+    UsageReport(String),
+    /// Lost or could not hold the leader lease.
+    #[error("leader election: {0}")]
+    Leadership(String),
+}
+
+impl Error {
+    /// Stable short label for logs, metrics and Events.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "rejected",
+            Error::Kube(kube::Error::Api(_)) => "api_error",
+            Error::Kube(_) => "api_unreachable",
+            Error::Serialization(_) => "serialization",
+            Error::UsageReport(_) => "usage_report",
+            Error::Leadership(_) => "leadership",
+        }
+    }
+}
+
+/// Result with the operator's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

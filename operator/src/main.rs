@@ -1,0 +1,11 @@
+//! `llmserve-operator`: parses flags and runs the operator.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = llmserve_operator::run::Args::parse();
+    llmserve_operator::run::init_tracing(&args.log_format);
+    llmserve_operator::run::run(args).await
+}

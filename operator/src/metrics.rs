@@ -1,0 +1,86 @@
+//! The operator's own Prometheus metrics. Names carry their unit; labels are bounded.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Reconciles by result (`success`, `invalid`, `error`).
+pub const RECONCILES_TOTAL: &str = "llmserve_operator_reconciles_total";
+/// Reconcile errors by the error's stable label.
+pub const RECONCILE_ERRORS_TOTAL: &str = "llmserve_operator_reconcile_errors_total";
+/// Reconcile duration.
+pub const RECONCILE_DURATION_SECONDS: &str = "llmserve_operator_reconcile_duration_seconds";
+/// 1 while this replica holds the leader lease.
+pub const LEADER: &str = "llmserve_operator_leader";
+/// Usage facts: number of models per (architecture, accelerator, tensor parallel, autoscaling, LoRA).
+pub const USAGE_INFO: &str = "llmserve_usage_info";
+/// Applications and models seen by the last usage collection.
+pub const USAGE_APPLICATIONS: &str = "llmserve_usage_applications";
+
+/// Labels of [`USAGE_INFO`].
+pub const USAGE_LABELS: [&str; 5] = ["architecture", "accelerator_type", "tensor_parallel_size", "autoscaling", "lora"];
+
+/// Handles to every operator metric, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// See [`RECONCILES_TOTAL`].
+    pub reconciles: IntCounterVec,
+    /// See [`RECONCILE_ERRORS_TOTAL`].
+    pub errors: IntCounterVec,
+    /// See [`RECONCILE_DURATION_SECONDS`].
+    pub duration: Histogram,
+    /// See [`LEADER`].
+    pub leader: IntGauge,
+    /// See [`USAGE_INFO`].
+    pub usage_info: IntGaugeVec,
+    /// See [`USAGE_APPLICATIONS`].
+    pub usage_applications: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(Opts::new(RECONCILES_TOTAL, "Reconciles of LlmApplications by result."), &["result"]).unwrap();
+        let errors = IntCounterVec::new(Opts::new(RECONCILE_ERRORS_TOTAL, "Reconcile errors by reason."), &["reason"]).unwrap();
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(RECONCILE_DURATION_SECONDS, "Time one reconcile of an LlmApplication took.")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )
+        .unwrap();
+        let leader = IntGauge::new(LEADER, "1 while this operator replica holds the leader lease.").unwrap();
+        let usage_info = IntGaugeVec::new(
+            Opts::new(USAGE_INFO, "Models served, by the usage facts llmserve collects (see README)."),
+            &USAGE_LABELS,
+        )
+        .unwrap();
+        let usage_applications = IntGaugeVec::new(
+            Opts::new(USAGE_APPLICATIONS, "LlmApplications and models seen by the last usage collection."),
+            &["kind"],
+        )
+        .unwrap();
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(duration.clone()),
+            Box::new(leader.clone()),
+            Box::new(usage_info.clone()),
+            Box::new(usage_applications.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics { registry, reconciles, errors, duration, leader, usage_info, usage_applications }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}

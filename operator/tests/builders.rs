@@ -1,0 +1,275 @@
+//! Pure builders, validation, status and usage, from YAML fixtures; no cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use llmserve_operator::build;
+use llmserve_operator::crd::LlmApplication;
+use llmserve_operator::status::{self, Cond, reasons, types};
+use llmserve_operator::{usage, validate};
+
+fn fixture(name: &str) -> LlmApplication {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut app: LlmApplication = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    app.metadata.namespace = Some("team-a".into());
+    app.metadata.uid = Some("0000-uid".into());
+    app
+}
+
+fn args_of(d: &Deployment) -> Vec<String> {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.clone().unwrap()
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).map(|i| args[i + 1].clone())
+}
+
+#[test]
+fn ray_example_deployment() {
+    let app = fixture("ray-example.yaml");
+    let m = &app.spec.models[0];
+    let d = build::deployment(&app, m);
+    assert_eq!(d.metadata.name.as_deref(), Some("ray-example-qwen-0-5b"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("team-a"));
+    let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("LlmApplication", "ray-example", Some(true)));
+    let labels = d.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["llmserve.dev/model-id"], "qwen-0.5b");
+    assert_eq!(labels["app.kubernetes.io/instance"], "ray-example");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "llmserve-operator");
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, None, "the HPA owns replicas of an autoscaled model");
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some(llmserve_operator::crd::DEFAULT_IMAGE));
+    let args = args_of(&d);
+    assert_eq!(flag(&args, "--model").as_deref(), Some("Qwen/Qwen2.5-0.5B-Instruct"));
+    assert_eq!(flag(&args, "--served-model-name").as_deref(), Some("qwen-0.5b"));
+    assert_eq!(flag(&args, "--device").as_deref(), Some("cuda"));
+    assert!(args.contains(&"--disable-engine-metrics".to_string()));
+    let res = c.resources.as_ref().unwrap();
+    assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    assert_eq!(res.requests.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    assert_eq!(pod.node_selector.as_ref().unwrap()["nvidia.com/gpu.product"], "NVIDIA-A10G");
+    assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("nvidia.com/gpu"));
+    // Probes on /health, a named port, locked-down security.
+    for p in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
+        assert_eq!(p.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/health"));
+    }
+    assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+}
+
+#[test]
+fn ray_example_service_hpa_monitor_router() {
+    let app = fixture("ray-example.yaml");
+    let m = &app.spec.models[0];
+
+    let s = build::service(&app, m);
+    let ports: BTreeMap<_, _> =
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().map(|p| (p.name.clone().unwrap(), p.port)).collect();
+    assert_eq!(ports, BTreeMap::from([("http".into(), 8000), ("metrics".into(), 9090)]));
+    assert_eq!(s.spec.as_ref().unwrap().selector.as_ref().unwrap()["llmserve.dev/model-id"], "qwen-0.5b");
+
+    let h = build::hpa(&app, m).expect("autoscaling config gives an HPA");
+    let hs = h.spec.unwrap();
+    assert_eq!((hs.min_replicas, hs.max_replicas), (Some(1), 2));
+    assert_eq!(hs.scale_target_ref.name, "ray-example-qwen-0-5b");
+    let metric = &hs.metrics.unwrap()[0];
+    assert_eq!(metric.type_, "Pods");
+    let pods = metric.pods.as_ref().unwrap();
+    assert_eq!(pods.metric.name, "llmserve_ongoing_requests");
+    assert_eq!(pods.target.average_value.as_ref().unwrap().0, "2");
+    let b = hs.behavior.unwrap();
+    assert_eq!(b.scale_up.unwrap().stabilization_window_seconds, Some(30));
+    assert_eq!(b.scale_down.unwrap().stabilization_window_seconds, Some(600));
+
+    let sm = build::service_monitor(&app, Some(m));
+    assert_eq!(sm.types.as_ref().unwrap().kind, "ServiceMonitor");
+    assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(sm.data["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(sm.data["spec"]["selector"]["matchLabels"]["llmserve.dev/model-id"], "qwen-0.5b");
+
+    let r = build::router_deployment(&app);
+    assert_eq!(r.metadata.name.as_deref(), Some("ray-example-router"));
+    let args = args_of(&r);
+    assert_eq!(flag(&args, "--backend").as_deref(), Some("qwen-0.5b=http://ray-example-qwen-0-5b.team-a.svc:8000"));
+    assert_eq!(flag(&args, "--route-prefix").as_deref(), Some("/"));
+    assert_eq!(build::router_url(&app), "http://ray-example-router.team-a.svc:8000");
+    assert_eq!(build::router_service(&app).spec.unwrap().selector.unwrap()["app.kubernetes.io/component"], "router");
+}
+
+#[test]
+fn full_fixture_engine_kwargs_pvc_and_overrides() {
+    let app = fixture("full.yaml");
+    let (big, small) = (&app.spec.models[0], &app.spec.models[1]);
+
+    let d = build::deployment(&app, big);
+    let args = args_of(&d);
+    assert_eq!(flag(&args, "--model").as_deref(), Some("/model-volume/llama-3-8b"));
+    for (f, v) in [
+        ("--max-model-len", "8192"),
+        ("--max-num-seqs", "128"),
+        ("--max-num-batched-tokens", "4096"),
+        ("--tensor-parallel-size", "2"),
+        ("--gpu-memory-utilization", "0.85"),
+        ("--dtype", "bfloat16"),
+        ("--block-size", "16"),
+        ("--max-loras", "4"),
+        ("--lora-modules", "sql=/adapters/sql"),
+    ] {
+        assert_eq!(flag(&args, f).as_deref(), Some(v), "{f}");
+    }
+    assert!(args.contains(&"--enable-prefix-caching".into()));
+    assert!(!args.contains(&"--disable-engine-metrics".into()));
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example/llmserve-server:1.2.3"));
+    let res = c.resources.as_ref().unwrap();
+    assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2", "GPUs follow tensorParallelSize");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "48Gi", "user resources override");
+    let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
+    assert_eq!(env["RUST_LOG"], "debug", "user env replaces the default");
+    let vols = pod.volumes.as_ref().unwrap();
+    assert_eq!(vols.iter().find(|v| v.name == "model").unwrap().persistent_volume_claim.as_ref().unwrap().claim_name, "weights");
+    assert!(vols.iter().any(|v| v.name == "dshm"));
+    assert_eq!(pod.node_selector.as_ref().unwrap()["nvidia.com/gpu.product"], "NVIDIA-H100-80GB-HBM3");
+    let h = build::hpa(&app, big).unwrap().spec.unwrap();
+    assert_eq!(h.metrics.unwrap()[0].pods.as_ref().unwrap().target.average_value.as_ref().unwrap().0, "1500m");
+
+    let d = build::deployment(&app, small);
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+    assert!(build::hpa(&app, small).is_none(), "a fixed replica count has no HPA");
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(pod.node_selector.is_none());
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example/llmserve-server:cpu"));
+    assert!(!c.resources.as_ref().unwrap().limits.as_ref().unwrap().contains_key("nvidia.com/gpu"));
+    assert_eq!(flag(&args_of(&d), "--device").as_deref(), Some("cpu"));
+
+    let r = build::router_deployment(&app);
+    assert_eq!(r.spec.as_ref().unwrap().replicas, Some(2));
+    assert_eq!(flag(&args_of(&r), "--route-prefix").as_deref(), Some("/llm"));
+    assert_eq!(build::router_url(&app), "http://full-router.team-a.svc:8000/llm");
+}
+
+#[test]
+fn validation_catches_what_the_schema_cannot() {
+    assert!(validate::validate(&fixture("ray-example.yaml")).is_empty());
+    assert!(validate::validate(&fixture("full.yaml")).is_empty());
+
+    let mut app = fixture("ray-example.yaml");
+    app.metadata.name = Some("a".repeat(58));
+    let p = validate::validate(&app);
+    assert!(p.iter().any(|p| p.field == "spec.models[0].modelLoadingConfig.modelId" && p.message.contains("63")), "{p:?}");
+
+    let mut app = fixture("ray-example.yaml");
+    let mut twin = app.spec.models[0].clone();
+    twin.model_loading_config.model_id = "Qwen-0.5B".into();
+    app.spec.models.push(twin);
+    let p = validate::validate(&app);
+    assert!(p.iter().any(|p| p.field == "spec.models[1].modelLoadingConfig.modelId" && p.message.contains("same objects")), "{p:?}");
+
+    let mut app = fixture("ray-example.yaml");
+    app.spec.models[0].model_loading_config.model_id = "router".into();
+    assert!(!validate::validate(&app).is_empty());
+
+    let mut app = fixture("ray-example.yaml");
+    app.spec.models[0].accelerator_type = None;
+    app.spec.models[0].engine_kwargs = Some(llmserve_operator::crd::EngineKwargs { tensor_parallel_size: Some(2), ..Default::default() });
+    let p = validate::validate(&app);
+    assert!(p.iter().any(|p| p.field.ends_with("tensorParallelSize")), "{p:?}");
+}
+
+fn t(s: &str) -> Time {
+    Time(s.parse().unwrap())
+}
+
+#[test]
+fn conditions_keep_transition_time_when_unchanged() {
+    let first = status::merge_conditions(&[], &[Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, "waiting")], Some(1), t("2026-01-01T00:00:00Z"));
+    let same = status::merge_conditions(&first, &[Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, "still waiting")], Some(2), t("2026-01-01T00:05:00Z"));
+    assert_eq!(same[0].last_transition_time, t("2026-01-01T00:00:00Z"));
+    assert_eq!(same[0].message, "still waiting");
+    assert_eq!(same[0].observed_generation, Some(2));
+    let flipped = status::merge_conditions(&same, &[Cond::new(types::READY, true, reasons::ALL_REPLICAS_READY, "ok")], Some(2), t("2026-01-01T00:09:00Z"));
+    assert_eq!(flipped[0].last_transition_time, t("2026-01-01T00:09:00Z"));
+    // A type not mentioned survives.
+    let both = status::merge_conditions(&flipped, &[Cond::new(types::DEGRADED, false, reasons::AS_EXPECTED, "")], Some(2), t("2026-01-01T00:10:00Z"));
+    assert_eq!(both.len(), 2);
+}
+
+fn deployment_with(desired: i32, ready: i32, failure: bool) -> Deployment {
+    let app = fixture("ray-example.yaml");
+    let mut d = build::deployment(&app, &app.spec.models[0]);
+    d.metadata.generation = Some(1);
+    d.spec.as_mut().unwrap().replicas = Some(desired);
+    d.status = Some(DeploymentStatus {
+        observed_generation: Some(1),
+        replicas: Some(desired),
+        ready_replicas: Some(ready),
+        available_replicas: Some(ready),
+        updated_replicas: Some(desired),
+        conditions: failure.then(|| {
+            vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                ..Default::default()
+            }]
+        }),
+        ..Default::default()
+    });
+    d
+}
+
+#[test]
+fn rollout_conditions_follow_deployments() {
+    let ready = status::rollout_conditions(&[("m".into(), deployment_with(2, 2, false))], &deployment_with(1, 1, false));
+    assert!(ready.iter().any(|c| c.type_ == types::READY && c.status));
+    let waiting = status::rollout_conditions(&[("m".into(), deployment_with(2, 1, false))], &deployment_with(1, 1, false));
+    assert!(waiting.iter().any(|c| c.type_ == types::READY && !c.status && c.message.contains("model m")));
+    assert!(waiting.iter().any(|c| c.type_ == types::PROGRESSING && c.status));
+    let failed = status::rollout_conditions(&[("m".into(), deployment_with(2, 0, true))], &deployment_with(1, 1, false));
+    assert!(failed.iter().any(|c| c.type_ == types::DEGRADED && c.status && c.message.contains("ProgressDeadlineExceeded")));
+    let ms = status::model_status("m", &deployment_with(3, 2, false));
+    assert_eq!((ms.replicas, ms.ready_replicas, ms.desired_replicas), (3, 2, 3));
+    assert_eq!(status::replicas_summary(&[ms]), "2/3");
+}
+
+#[test]
+fn usage_report_aggregates_ray_facts() {
+    let apps = [fixture("ray-example.yaml"), fixture("full.yaml")];
+    let r = usage::collect(&apps);
+    assert_eq!((r.num_applications, r.num_models), (2, 3));
+    assert!(r.serves_multiple_models && r.serves_multiple_apps);
+    let qwen = &r.models[0];
+    assert_eq!((qwen.gpu_type.as_str(), qwen.num_gpus, qwen.autoscaling, qwen.min_replicas, qwen.max_replicas), ("A10G", 1, true, 1, 2));
+    assert_eq!(qwen.architecture, "unknown");
+    let llama = &r.models[1];
+    assert_eq!((llama.architecture.as_str(), llama.tensor_parallel_size, llama.num_gpus, llama.initial_replicas), ("LlamaForCausalLM", 2, 2, 3));
+    assert_eq!((llama.lora, llama.lora_initial_adapters), (true, 1));
+    let stories = &r.models[2];
+    assert_eq!((stories.gpu_type.as_str(), stories.num_gpus, stories.autoscaling, stories.min_replicas), ("none", 0, false, 3));
+
+    let m = llmserve_operator::metrics::Metrics::new();
+    usage::export(&m, &r);
+    let text = m.render();
+    assert!(text.contains(r#"llmserve_usage_info{accelerator_type="A10G",architecture="unknown",autoscaling="true",lora="false",tensor_parallel_size="1"} 1"#), "{text}");
+    assert!(text.contains(r#"llmserve_usage_applications{kind="models"} 3"#));
+}
+
+#[test]
+fn checked_in_crd_is_fresh() {
+    let path = format!("{}/../crds/llmapplications.yaml", env!("CARGO_MANIFEST_DIR"));
+    let on_disk = std::fs::read_to_string(&path).expect("crds/llmapplications.yaml exists");
+    assert!(
+        on_disk == llmserve_operator::crd_yaml(),
+        "crds/llmapplications.yaml is stale: run `cargo run -p llmserve-operator --bin crdgen > crds/llmapplications.yaml`"
+    );
+}
