@@ -14,10 +14,10 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -161,13 +161,15 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
             Cond::new(types::READY, false, reasons::INVALID_SPEC, msg.clone()),
             Cond::new(types::DEGRADED, true, reasons::INVALID_SPEC, msg.clone()),
         ];
-        update_status(ctx, app, &conds, None).await?;
+        update_status(ctx, app, &conds, app.metadata.generation, None).await?;
         ctx.event(app, EventType::Warning, reasons::INVALID_SPEC, "Validate", msg).await;
         return Ok(Outcome::Invalid);
     }
 
     // === build ===
     let desired = Desired::build(app);
+    let observed_generation = app.status.as_ref().and_then(|s| s.observed_generation);
+    let new_generation = observed_generation != app.metadata.generation;
     let monitors = ctx.service_monitors_available().await;
 
     // === apply ===
@@ -176,13 +178,20 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
         Err(e) => {
             let msg = format!("applying children failed ({}): {e}", e.metric_label());
             let conds = [Cond::new(types::DEGRADED, true, reasons::APPLY_FAILED, msg.clone())];
-            // The status write may fail for the same reason; the apply error is what matters.
-            let _ = update_status(ctx, app, &conds, None).await;
+            // The generation stays unobserved, so the retry prunes too. The status write may fail
+            // for the same reason; the apply error is what matters.
+            let _ = update_status(ctx, app, &conds, observed_generation, None).await;
             ctx.event(app, EventType::Warning, reasons::APPLY_FAILED, "Apply", msg).await;
             return Err(e);
         }
     };
-    let removed = prune(ctx, app, &desired, monitors).await?;
+    // Children only become stale when the spec changes, so steady-state reconciles skip the lists;
+    // so does an application never reconciled before, which can have no stale children.
+    let removed = if new_generation && app.status.is_some() {
+        prune(ctx, app, &desired, monitors).await?
+    } else {
+        Vec::new()
+    };
     for name in &removed {
         ctx.event(app, EventType::Normal, "ModelRemoved", "Prune", format!("deleted {name}, no longer in spec.models")).await;
     }
@@ -200,10 +209,9 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
         )
     });
     let models = applied.models.iter().map(|(id, d)| status::model_status(id, d)).collect();
-    let first_time = app.status.as_ref().and_then(|s| s.observed_generation) != app.metadata.generation;
     let previously_monitored = condition_status(app, types::MONITORED);
-    update_status(ctx, app, &conds, Some((models, build::router_url(app)))).await?;
-    if first_time {
+    update_status(ctx, app, &conds, app.metadata.generation, Some((models, build::router_url(app)))).await?;
+    if new_generation {
         let note = format!("applied {} model(s) and the router at generation {}", app.spec.models.len(), app.metadata.generation.unwrap_or(0));
         ctx.event(app, EventType::Normal, "Applied", "Apply", note).await;
     }
@@ -328,6 +336,7 @@ async fn update_status(
     ctx: &Context,
     app: &LlmApplication,
     conds: &[Cond],
+    generation: Option<i64>,
     observed: Option<(Vec<crate::crd::ModelStatus>, String)>,
 ) -> Result<()> {
     let (models, url) = match observed {
@@ -335,7 +344,7 @@ async fn update_status(
         None => (None, None),
     };
     let next: LlmApplicationStatus =
-        status::next_status(app.status.as_ref(), conds, app.metadata.generation, models, url, Time(jiff::Timestamp::now()));
+        status::next_status(app.status.as_ref(), conds, generation, models, url, Time(jiff::Timestamp::now()));
     if app.status.as_ref() == Some(&next) {
         return Ok(());
     }
@@ -359,8 +368,14 @@ pub fn error_policy(app: Arc<LlmApplication>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
-/// Runs the controller until the stream ends (shutdown signal).
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// Runs the controller until the stream ends (shutdown signal), with at most `concurrency`
+/// reconciles at once (0: unbounded).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let apps: Api<LlmApplication> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -371,7 +386,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl st
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, MANAGER));
-    Controller::new(apps, watcher::Config::default())
+    // Only spec changes (generation bumps) of the application itself trigger a reconcile: its
+    // own status writes would otherwise wake it again. Children's changes come through `owns`.
+    let (reader, writer) = reflector::store();
+    let primary = watcher::watcher(apps, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(primary, reader)
+        .with_config(controller::Config::default().concurrency(concurrency))
         .owns(deps, owned.clone())
         .owns(svcs, owned.clone())
         .owns(hpas, owned)

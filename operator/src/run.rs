@@ -52,6 +52,9 @@ pub struct Args {
     /// Seconds between usage collections.
     #[arg(long, env = "LLMSERVE_USAGE_INTERVAL_SECONDS", default_value_t = 600)]
     pub usage_interval_seconds: u64,
+    /// Most reconciles running at once; bounds connections and load on the API server.
+    #[arg(long, env = "LLMSERVE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
     /// Log as JSON lines (the default) or human-readable text.
     #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
@@ -154,7 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let reporter = Reporter { controller: crate::MANAGER.into(), instance: Some(args.identity.clone()) };
     let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), reporter));
-    let controller = controller::run(ctx, args.watch_namespace.clone(), shutdown_signal());
+    let controller = controller::run(ctx, args.watch_namespace.clone(), args.concurrency, shutdown_signal());
     if args.leader_election {
         tokio::select! {
             _ = controller => {}

@@ -63,6 +63,13 @@ case "$cmd" in
     }
     trap cleanup EXIT
     trap 'exit 0' TERM INT
+    # A detached reaper: it also fires when this script is SIGKILLed and its trap cannot run.
+    me=$$
+    (
+      trap '' TERM INT
+      while kill -0 "$me" 2>/dev/null && { [[ -z "$WATCH" ]] || kill -0 "$WATCH" 2>/dev/null; }; do sleep 1; done
+      kill "$api_pid" "$etcd_pid" 2>/dev/null || true
+    ) </dev/null >/dev/null 2>&1 &
 
     cat > "$DIR/kubeconfig" <<KC
 apiVersion: v1

@@ -1,1 +1,196 @@
-fn main() {}
+//! Operator benchmark: create N LlmApplications on a real test API server and measure the time
+//! until every one has its children applied and status written, and the operator's peak RSS.
+//!
+//! Baseline, in the same run and on the same API server: the bench itself server-side-applies the
+//! same children (built with the same pure builders) with the same concurrency, so the ratio says
+//! what the operator's watch, queue and status round trips cost over raw API writes.
+//!
+//! `cargo run --release -p llmserve-operator --bin operator-bench -- --apps 100 --apps 1000`
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use llmserve_operator::build;
+use llmserve_operator::crd::LlmApplication;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Application counts to measure, each in a fresh namespace.
+    #[arg(long = "apps", default_values_t = [100, 1000])]
+    apps: Vec<usize>,
+    /// Concurrent creates by the bench.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Operator binary (defaults to the one built next to this bench).
+    #[arg(long)]
+    operator: Option<PathBuf>,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn app(name: &str, ns: &str) -> LlmApplication {
+    let yaml = format!(
+        "apiVersion: llmserve.dev/v1alpha1\nkind: LlmApplication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  models:\n  - modelLoadingConfig: {{modelId: qwen-0.5b, modelSource: Qwen/Qwen2.5-0.5B-Instruct}}\n    acceleratorType: A10G\n    deploymentConfig: {{autoscalingConfig: {{minReplicas: 1, maxReplicas: 2}}}}\n"
+    );
+    serde_yaml::from_str(&yaml).unwrap()
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Ok(())
+}
+
+/// Baseline: the bench applies each app's children itself (what the operator writes, minus
+/// watching, queueing, pruning and status).
+async fn baseline(client: &Client, ns: &str, n: usize, concurrency: usize) -> anyhow::Result<Duration> {
+    namespace(client, ns).await?;
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..n)
+        .map(|i| {
+            let (client, apps) = (client.clone(), apps.clone());
+            let ns = ns.to_string();
+            async move {
+                let created = apps.create(&PostParams::default(), &app(&format!("app-{i}"), &ns)).await?;
+                let pp = PatchParams::apply("baseline").force();
+                let m = &created.spec.models[0];
+                let dep = build::deployment(&created, m);
+                let name = dep.metadata.name.clone().unwrap();
+                let router = build::router_deployment(&created);
+                let rname = router.metadata.name.clone().unwrap();
+                let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
+                let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+                let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+                deps.patch(&name, &pp, &Patch::Apply(&dep)).await?;
+                svcs.patch(&name, &pp, &Patch::Apply(&build::service(&created, m))).await?;
+                hpas.patch(&name, &pp, &Patch::Apply(build::hpa(&created, m).unwrap())).await?;
+                deps.patch(&rname, &pp, &Patch::Apply(&router)).await?;
+                svcs.patch(&rname, &pp, &Patch::Apply(&build::router_service(&created))).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn with_operator(client: &Client, kubeconfig: &PathBuf, operator: &PathBuf, ns: &str, n: usize, concurrency: usize) -> anyhow::Result<(Duration, f64)> {
+    namespace(client, ns).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = Command::new(operator)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "warn")
+        .args(["--namespace", ns, "--watch-namespace", ns, "--leader-election", "false"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("LLMSERVE_USAGE_STATS_ENABLED", "0")
+        .env("LLMSERVE_CONCURRENCY", concurrency.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start operator")?;
+    let pid = child.id();
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    let results: Vec<Result<LlmApplication, kube::Error>> = stream::iter(0..n)
+        .map(|i| {
+            let apps = apps.clone();
+            let a = app(&format!("app-{i}"), ns);
+            async move { apps.create(&PostParams::default(), &a).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let mut peak = 0.0f64;
+    loop {
+        peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+        let list = apps.list(&ListParams::default()).await?;
+        let done = list
+            .items
+            .iter()
+            .filter(|a| a.status.as_ref().is_some_and(|s| s.observed_generation == a.metadata.generation && s.router_url.is_some()))
+            .count();
+        if done == n {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            bail!("only {done}/{n} applications reconciled after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = start.elapsed();
+    peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+    if let Ok(body) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await {
+        for l in body.lines().filter(|l| l.starts_with("llmserve_operator_reconcile") && !l.contains("_bucket")) {
+            eprintln!("  {l}");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok((elapsed, peak))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let operator = args.operator.clone().unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("llmserve-operator"));
+    let dir = std::env::temp_dir().join(format!("llmserve-bench-{}", std::process::id()));
+    let mut cp = Command::new("bash")
+        .arg(repo_root().join("tests/harness/control-plane.sh"))
+        .args(["up", dir.to_str().unwrap(), &std::process::id().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(cp.stdout.take().unwrap()), &mut line)?;
+    let kubeconfig = PathBuf::from(line.trim().strip_prefix("ready ").context("control plane failed")?);
+    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config)?;
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("crds/llmapplications.yaml"))?)?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .patch("llmapplications.llmserve.dev", &PatchParams::apply("bench"), &Patch::Apply(&crd))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    println!("| apps | baseline: bench applies children itself (s) | operator: all reconciled, status written (s) | ratio | operator peak RSS (MiB) |");
+    println!("|---:|---:|---:|---:|---:|");
+    for n in &args.apps {
+        let base = baseline(&client, &format!("base-{n}"), *n, args.concurrency).await?;
+        let (op, rss) = with_operator(&client, &kubeconfig, &operator, &format!("op-{n}"), *n, args.concurrency).await?;
+        println!(
+            "| {n} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            base.as_secs_f64(),
+            op.as_secs_f64(),
+            op.as_secs_f64() / base.as_secs_f64(),
+            rss
+        );
+    }
+    // The harness tears the control plane down once this process exits.
+    drop(cp);
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The operator against a real kube-apiserver and etcd (with the ServiceMonitor CRD installed).
+//! There is no controller-manager in this tier: tests write Deployment status and scale
+//! themselves, standing in for the Deployment controller and the HPA.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::Client;
+use llmserve_operator::build::service_monitor_resource;
+use llmserve_operator::crd::LlmApplication;
+use serde_json::json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn setup(ns: &str) -> (Client, RunningController) {
+    let client = client().await;
+    install_llmapp_crd(&client).await;
+    install_service_monitor_crd(&client).await;
+    namespace(&client, ns).await;
+    let ctrl = spawn_controller(&client, ns);
+    (client, ctrl)
+}
+
+async fn wait_get<K>(api: &Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(WAIT, || async { api.get_opt(name).await.ok().flatten() })
+        .await
+        .unwrap_or_else(|| panic!("{name} never appeared"))
+}
+
+fn args(d: &Deployment) -> Vec<String> {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.clone().unwrap()
+}
+
+fn condition(app: &LlmApplication, type_: &str) -> Option<(String, String, String)> {
+    app.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn events_for(client: &Client, ns: &str, app: &str) -> Vec<(String, String)> {
+    // kube's recorder writes events.k8s.io/v1 Events, which core/v1 reads back.
+    let evs = Api::<Event>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap();
+    evs.items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(app))
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ray_example_produces_every_child() {
+    let ns = "ray-example";
+    let (client, _ctrl) = setup(ns).await;
+    apply_app(&client, ns, &fixture("ray-example.yaml", "qwen")).await.unwrap();
+
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d = wait_get(&deps, "qwen-qwen-0-5b").await;
+    let a = args(&d);
+    assert!(a.contains(&"--disable-engine-metrics".to_string()), "logEngineMetrics: false reaches the engine: {a:?}");
+    assert!(a.windows(2).any(|w| w == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]));
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    assert_eq!(pod.node_selector.as_ref().unwrap()["nvidia.com/gpu.product"], "NVIDIA-A10G");
+    assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].name, "qwen");
+    let managers: Vec<_> = d.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert_eq!(managers, vec!["llmserve-operator".to_string()], "one field manager, server-side apply");
+
+    let svc = wait_get(&Api::<Service>::namespaced(client.clone(), ns), "qwen-qwen-0-5b").await;
+    assert!(svc.spec.unwrap().ports.unwrap().iter().any(|p| p.name.as_deref() == Some("metrics")));
+    let hpa = wait_get(&Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns), "qwen-qwen-0-5b").await;
+    let hs = hpa.spec.unwrap();
+    assert_eq!((hs.min_replicas, hs.max_replicas), (Some(1), 2));
+    assert_eq!(hs.metrics.unwrap()[0].pods.as_ref().unwrap().metric.name, "llmserve_ongoing_requests");
+    let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
+    let sm = wait_get(&sms, "qwen-qwen-0-5b").await;
+    assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "metrics");
+    wait_get(&sms, "qwen-router").await;
+    let router = wait_get(&deps, "qwen-router").await;
+    assert!(args(&router).contains(&"qwen-0.5b=http://qwen-qwen-0-5b.ray-example.svc:8000".to_string()));
+    wait_get(&Api::<Service>::namespaced(client.clone(), ns), "qwen-router").await;
+
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let app = eventually(WAIT, || async {
+        let a = apps.get("qwen").await.ok()?;
+        (a.status.as_ref()?.observed_generation == a.metadata.generation).then_some(a)
+    })
+    .await
+    .expect("status observed the generation");
+    let st = app.status.as_ref().unwrap();
+    assert_eq!(st.router_url.as_deref(), Some("http://qwen-router.ray-example.svc:8000"));
+    assert_eq!(st.models[0].model_id, "qwen-0.5b");
+    assert_eq!(st.replicas.as_deref(), Some("0/1"));
+    assert_eq!(condition(&app, "Ready").unwrap().0, "False", "no pod is ready: Ready must not come from what was sent");
+    assert_eq!(condition(&app, "Monitored").unwrap().1, "ServiceMonitorsApplied");
+    let evs = eventually(WAIT, || async {
+        let e = events_for(&client, ns, "qwen").await;
+        e.iter().any(|(_, r)| r == "Applied").then_some(e)
+    })
+    .await;
+    assert!(evs.is_some(), "an Applied event is recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_change_keeps_the_replica_count_the_hpa_wrote() {
+    let ns = "hpa-owns-replicas";
+    let (client, _ctrl) = setup(ns).await;
+    let mut app = fixture("ray-example.yaml", "chat");
+    app["spec"]["models"][0]["deploymentConfig"]["autoscalingConfig"] = json!({"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 3});
+    apply_app(&client, ns, &app).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let name = "chat-qwen-0-5b";
+    let d = eventually(WAIT, || async {
+        let d = deps.get_opt(name).await.ok().flatten()?;
+        (d.spec.as_ref()?.replicas == Some(3)).then_some(d)
+    })
+    .await
+    .expect("initialReplicas applied on creation");
+    assert!(!args(&d).contains(&"--max-model-len".to_string()));
+
+    // The HPA scales through the scale subresource, under its own field manager.
+    let hpa_pp = PatchParams { field_manager: Some("horizontal-pod-autoscaler".into()), ..Default::default() };
+    deps.patch_scale(name, &hpa_pp, &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+
+    app["spec"]["models"][0]["engineKwargs"] = json!({"maxModelLen": 2048});
+    apply_app(&client, ns, &app).await.unwrap();
+    let d = eventually(WAIT, || async {
+        let d = deps.get_opt(name).await.ok().flatten()?;
+        args(&d).windows(2).any(|w| w == ["--max-model-len", "2048"]).then_some(d)
+    })
+    .await
+    .expect("spec change reached the Deployment");
+    assert_eq!(d.spec.unwrap().replicas, Some(2), "the operator did not overwrite the HPA's replica count");
+
+    // Switching to a fixed count hands replicas back to the operator and removes the HPA.
+    app["spec"]["models"][0]["deploymentConfig"] = json!({"numReplicas": 5});
+    apply_app(&client, ns, &app).await.unwrap();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, || async {
+        let d = deps.get_opt(name).await.ok().flatten()?;
+        let gone = hpas.get_opt(name).await.ok()?.is_none();
+        (d.spec.as_ref()?.replicas == Some(5) && gone).then_some(())
+    })
+    .await
+    .expect("fixed replicas applied and the HPA deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_model_removes_its_children() {
+    let ns = "remove-model";
+    let (client, _ctrl) = setup(ns).await;
+    let mut app = fixture("ray-example.yaml", "two");
+    let mut second = app["spec"]["models"][0].clone();
+    second["modelLoadingConfig"] = json!({"modelId": "stories", "modelSource": "/models/stories260k"});
+    second["acceleratorType"] = json!("none");
+    app["spec"]["models"].as_array_mut().unwrap().push(second);
+    apply_app(&client, ns, &app).await.unwrap();
+
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
+    for name in ["two-qwen-0-5b", "two-stories"] {
+        wait_get(&deps, name).await;
+        wait_get(&svcs, name).await;
+        wait_get(&hpas, name).await;
+        wait_get(&sms, name).await;
+    }
+
+    app["spec"]["models"].as_array_mut().unwrap().pop();
+    apply_app(&client, ns, &app).await.unwrap();
+    eventually(WAIT, || async {
+        let gone = deps.get_opt("two-stories").await.ok()?.is_none()
+            && svcs.get_opt("two-stories").await.ok()?.is_none()
+            && hpas.get_opt("two-stories").await.ok()?.is_none()
+            && sms.get_opt("two-stories").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await
+    .expect("the removed model's Deployment, Service, HPA and ServiceMonitor are deleted");
+    assert!(deps.get_opt("two-qwen-0-5b").await.unwrap().is_some(), "the remaining model stays");
+    let router = deps.get("two-router").await.unwrap();
+    assert!(!args(&router).iter().any(|a| a.starts_with("stories=")), "the router forgets the removed model");
+    let evs = eventually(WAIT, || async {
+        let e = events_for(&client, ns, "two").await;
+        e.iter().any(|(_, r)| r == "ModelRemoved").then_some(e)
+    })
+    .await;
+    assert!(evs.is_some(), "a ModelRemoved event is recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_invalid_specs_naming_the_field() {
+    let ns = "invalid-specs";
+    let client = client().await;
+    install_llmapp_crd(&client).await;
+    namespace(&client, ns).await;
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            "max < min",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"] = json!({"minReplicas": 3, "maxReplicas": 2})),
+            "autoscalingConfig.minReplicas",
+        ),
+        ("unknown engineKwargs key", Box::new(|m| m["engineKwargs"] = json!({"maxModelLen": 10, "maxBatchSize": 8})), "engineKwargs.maxBatchSize"),
+        ("zero minReplicas", Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["minReplicas"] = json!(0)), "minReplicas"),
+        ("negative numReplicas", Box::new(|m| m["deploymentConfig"] = json!({"numReplicas": -1})), "deploymentConfig.numReplicas"),
+        ("zero target", Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["targetOngoingRequests"] = json!(0)), "targetOngoingRequests"),
+        ("bad accelerator", Box::new(|m| m["acceleratorType"] = json!("TPU-v5")), "acceleratorType"),
+        ("zero maxNumSeqs", Box::new(|m| m["engineKwargs"] = json!({"maxNumSeqs": 0})), "engineKwargs.maxNumSeqs"),
+        ("bad modelSource", Box::new(|m| m["modelLoadingConfig"]["modelSource"] = json!("s3 bucket")), "modelSource"),
+    ];
+    for (what, edit, field) in cases {
+        let mut app = fixture("ray-example.yaml", "bad");
+        edit(&mut app["spec"]["models"][0]);
+        let err = apply_app(&client, ns, &app).await.expect_err(what);
+        let msg = err.to_string();
+        assert!(msg.contains(field), "{what}: error should name {field}: {msg}");
+    }
+    let mut app = fixture("ray-example.yaml", "bad");
+    let dup = app["spec"]["models"][0].clone();
+    app["spec"]["models"].as_array_mut().unwrap().push(dup);
+    let msg = apply_app(&client, ns, &app).await.expect_err("duplicate modelId").to_string();
+    assert!(msg.contains("spec.models") && msg.contains("modelId must be unique"), "{msg}");
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    assert!(apps.get_opt("bad").await.unwrap().is_none(), "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_the_schema_cannot_catch_sets_a_condition_and_keeps_children() {
+    let ns = "semantic-invalid";
+    let (client, ctrl) = setup(ns).await;
+    let mut app = fixture("ray-example.yaml", "keep");
+    apply_app(&client, ns, &app).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let before = wait_get(&deps, "keep-qwen-0-5b").await;
+
+    // `Qwen-0.5B` passes the schema's uniqueness rule but would name the same objects.
+    let mut twin = app["spec"]["models"][0].clone();
+    twin["modelLoadingConfig"]["modelId"] = json!("Qwen-0.5B");
+    twin["engineKwargs"] = json!({"maxModelLen": 99});
+    app["spec"]["models"].as_array_mut().unwrap().push(twin);
+    app["spec"]["models"][0]["engineKwargs"] = json!({"maxModelLen": 4096});
+    apply_app(&client, ns, &app).await.expect("the schema accepts it");
+
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let a = eventually(WAIT, || async {
+        let a = apps.get("keep").await.ok()?;
+        (condition(&a, "Ready")?.1 == "InvalidSpec").then_some(a)
+    })
+    .await
+    .expect("Ready=False with reason InvalidSpec");
+    let (status, _, msg) = condition(&a, "Ready").unwrap();
+    assert_eq!(status, "False");
+    assert!(msg.contains("spec.models[1].modelLoadingConfig.modelId"), "{msg}");
+    assert_eq!(condition(&a, "Degraded").unwrap().0, "True");
+    let evs = eventually(WAIT, || async {
+        let e = events_for(&client, ns, "keep").await;
+        e.iter().any(|(t, r)| t == "Warning" && r == "InvalidSpec").then_some(e)
+    })
+    .await;
+    assert!(evs.is_some(), "a Warning InvalidSpec event is recorded");
+    assert!(ctrl.metrics.render().contains(r#"llmserve_operator_reconciles_total{result="invalid"}"#));
+
+    let after = deps.get("keep-qwen-0-5b").await.unwrap();
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "the running Deployment was not touched");
+    assert!(!args(&after).contains(&"--max-model-len".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follows_deployment_status() {
+    let ns = "status-follows";
+    let (client, _ctrl) = setup(ns).await;
+    let mut app = fixture("ray-example.yaml", "st");
+    app["spec"]["models"][0]["deploymentConfig"] = json!({"numReplicas": 2});
+    apply_app(&client, ns, &app).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let model = wait_get(&deps, "st-qwen-0-5b").await;
+    let router = wait_get(&deps, "st-router").await;
+
+    let write_status = |name: &'static str, generation: Option<i64>, replicas: i32, ready: i32| {
+        let deps = deps.clone();
+        async move {
+            let s = json!({"status": {
+                "observedGeneration": generation, "replicas": replicas, "readyReplicas": ready,
+                "availableReplicas": ready, "updatedReplicas": replicas,
+            }});
+            deps.patch_status(name, &PatchParams::default(), &Patch::Merge(s)).await.unwrap();
+        }
+    };
+    write_status("st-qwen-0-5b", model.metadata.generation, 2, 2).await;
+    write_status("st-router", router.metadata.generation, 1, 1).await;
+
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let a = eventually(WAIT, || async {
+        let a = apps.get("st").await.ok()?;
+        (condition(&a, "Ready")?.0 == "True").then_some(a)
+    })
+    .await
+    .expect("Ready=True once every Deployment reports its replicas ready");
+    let st = a.status.unwrap();
+    assert_eq!(st.replicas.as_deref(), Some("2/2"));
+    assert_eq!((st.models[0].ready_replicas, st.models[0].desired_replicas), (2, 2));
+    assert_eq!(condition(&apps.get("st").await.unwrap(), "Progressing").unwrap().0, "False");
+
+    write_status("st-qwen-0-5b", model.metadata.generation, 2, 1).await;
+    let a = eventually(WAIT, || async {
+        let a = apps.get("st").await.ok()?;
+        (condition(&a, "Ready")?.0 == "False").then_some(a)
+    })
+    .await
+    .expect("Ready=False when a replica stops being ready");
+    assert_eq!(a.status.unwrap().replicas.as_deref(), Some("1/2"));
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need (idempotently, caching outside the
+# repo), builds the real control plane once, and runs every test of the workspace.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export LLMSERVE_CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LLMSERVE_CACHE/target}"
+mkdir -p "$LLMSERVE_CACHE"
+
+need_apt=()
+for tool in openssl curl python3 pkg-config; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
+if ((${#need_apt[@]})); then
+  echo "[tests] installing ${need_apt[*]} from Debian" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+command -v go >/dev/null || { echo "go not found: the control plane is built from the Go module proxy" >&2; exit 1; }
+
+echo "[tests] control plane: $(bash "$ROOT/tests/harness/control-plane.sh" bin)" >&2
+cd "$ROOT"
+cargo test --workspace --locked "$@"
