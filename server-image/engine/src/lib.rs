@@ -1,0 +1,12 @@
+//! llmserve's inference engine: Hugging Face Llama and Qwen2 checkpoints on candle (CPU, or CUDA
+//! with the `cuda` feature), a paged KV cache, and sampling.
+#![forbid(unsafe_code)]
+
+pub mod blocks;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,158 @@
+//! Token sampling: greedy, temperature, top-k, top-p, presence and frequency penalties, stop
+//! tokens; seeded for reproducibility.
+
+use std::collections::HashMap;
+
+/// How one sequence picks its next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus mass kept, in (0, 1].
+    pub top_p: f32,
+    /// Most candidates kept; 0 keeps all.
+    pub top_k: usize,
+    /// RNG seed; requests without one get a fresh seed.
+    pub seed: u64,
+    /// Subtracted once from the logit of every token already generated.
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence from the logit of every token already generated.
+    pub frequency_penalty: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 0, presence_penalty: 0.0, frequency_penalty: 0.0 }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+}
+
+/// A seeded sampler for one sequence (SplitMix64: small, fast, reproducible across platforms).
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    state: u64,
+}
+
+impl Sampler {
+    /// A sampler seeded from `params.seed`.
+    pub fn new(params: SamplingParams) -> Self {
+        let state = params.seed ^ 0x9E37_79B9_7F4A_7C15;
+        Sampler { params, state }
+    }
+
+    fn next_f32(&mut self) -> f32 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Picks the next token from `logits`, given the tokens generated so far.
+    pub fn sample(&mut self, logits: &mut [f32], generated: &[u32]) -> u32 {
+        let p = &self.params;
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &t in generated {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, n) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
+                }
+            }
+        }
+        if p.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / p.temperature)).collect();
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.truncate(p.top_k);
+        }
+        let max = cand[0].1;
+        let mut total = 0.0f32;
+        for c in cand.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            total += c.1;
+        }
+        if p.top_p < 1.0 {
+            let mut mass = 0.0;
+            let mut keep = cand.len();
+            for (i, c) in cand.iter().enumerate() {
+                mass += c.1 / total;
+                if mass >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep);
+            total = cand.iter().map(|c| c.1).sum();
+        }
+        let mut r = self.next_f32() * total;
+        for c in &cand {
+            r -= c.1;
+            if r <= 0.0 {
+                return c.0;
+            }
+        }
+        cand.last().map(|c| c.0).unwrap_or(0)
+    }
+}
+
+/// Index of the largest logit (the first on ties, as llama2.c does).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[]), 1);
+    }
+
+    #[test]
+    fn penalties_change_the_choice() {
+        let mut s = Sampler::new(SamplingParams { temperature: 0.0, presence_penalty: 2.0, ..Default::default() });
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.0], &[1]), 2);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_seeds_repeat() {
+        let p = SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() };
+        assert_eq!(Sampler::new(p).sample(&mut [0.0, 1.0, 5.0, 2.0], &[]), 2);
+        let p = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
+        let logits = [0.5f32; 64];
+        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect() };
+        let b: Vec<u32> = { let mut s = Sampler::new(p); (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect() };
+        assert_eq!(a, b);
+        assert!(a.iter().any(|&t| t != a[0]), "uniform logits give varied tokens");
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let p = SamplingParams { temperature: 1.0, top_p: 0.5, seed: 3, ..Default::default() };
+        let mut s = Sampler::new(p);
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [10.0, 0.0, 0.0, 0.0], &[]), 0);
+        }
+    }
+}
