@@ -4,9 +4,12 @@
 
 pub mod blocks;
 pub mod config;
+pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -40,9 +40,18 @@ impl Tokenizer {
 pub struct IncrementalDecoder {
     ids: Vec<u32>,
     emitted: usize,
+    start: usize,
 }
 
 impl IncrementalDecoder {
+    /// A decoder continuing after `context` (the prompt's last tokens): decoding in context keeps
+    /// the leading space a tokenizer would strip from the first generated word.
+    pub fn new(tok: &Tokenizer, context: &[u32]) -> Result<Self> {
+        let ids = context[context.len().saturating_sub(4)..].to_vec();
+        let emitted = tok.decode(&ids)?.len();
+        Ok(IncrementalDecoder { ids, emitted, start: emitted })
+    }
+
     /// Adds `id` and returns the new text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
@@ -56,8 +65,8 @@ impl IncrementalDecoder {
         Ok(Some(piece))
     }
 
-    /// All text so far.
+    /// All generated text so far.
     pub fn text(&self, tok: &Tokenizer) -> Result<String> {
-        tok.decode(&self.ids)
+        Ok(tok.decode(&self.ids)?.get(self.start..).unwrap_or_default().to_string())
     }
 }

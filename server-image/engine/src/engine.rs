@@ -1,0 +1,452 @@
+//! The engine: one thread owning the model and the KV cache, running steps while any request is
+//! queued or running. Requests come in through [`EngineHandle::submit`] and stream their tokens
+//! back; dropping a [`RequestStream`] (a client that went away) aborts the sequence and frees its
+//! blocks at the next step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use tokio::sync::mpsc as tmpsc;
+
+use crate::error::{Error, Result};
+use crate::metrics::EngineMetrics;
+use crate::model::{KvCache, Model, StepSeq};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// Why a sequence ended, as OpenAI and vLLM name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token id or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context length.
+    Length,
+    /// Aborted: client gone, shutdown, or an engine error.
+    Abort,
+}
+
+impl FinishReason {
+    /// The wire name (`stop`, `length`, `abort`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// A validated request, ready for the engine.
+#[derive(Debug, Clone)]
+pub struct EngineRequest {
+    /// Prompt token ids (with BOS where the tokenizer adds it).
+    pub prompt: Vec<u32>,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Token ids that end generation, besides the model's EOS ids.
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past EOS.
+    pub ignore_eos: bool,
+    /// When the request arrived (for queue time and TTFT).
+    pub arrival: Instant,
+}
+
+/// What a request's stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (possibly empty while a multi-byte character is incomplete) for one new token.
+    Token {
+        /// The token id.
+        id: u32,
+        /// Text it completes.
+        text: String,
+    },
+    /// The last event.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        completion_tokens: usize,
+        /// Set when the engine failed the request.
+        error: Option<String>,
+    },
+}
+
+/// Limits and sizes of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Scheduling limits.
+    pub scheduler: SchedulerConfig,
+    /// Longest prompt + completion.
+    pub max_model_len: usize,
+    /// Most requests waiting before new ones are refused.
+    pub max_waiting: usize,
+    /// EOS ids from generation_config.json.
+    pub eos_token_ids: Vec<u32>,
+}
+
+enum Command {
+    Submit(u64, Box<EngineRequest>, tmpsc::UnboundedSender<Event>),
+    Abort(u64),
+}
+
+/// State shared between the engine thread and its handles.
+#[derive(Default)]
+struct Shared {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    next_key: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+/// Submits requests to a running engine; cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    max_waiting: usize,
+}
+
+/// Refusal of a submission.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The waiting queue is full: retry later.
+    #[error("the engine's waiting queue is full")]
+    QueueFull,
+    /// The engine thread has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A submitted request's events; dropping it aborts the request.
+pub struct RequestStream {
+    rx: tmpsc::UnboundedReceiver<Event>,
+    key: u64,
+    tx: mpsc::Sender<Command>,
+    done: bool,
+}
+
+impl RequestStream {
+    /// The next event; `None` once finished.
+    pub async fn next(&mut self) -> Option<Event> {
+        let ev = self.rx.recv().await;
+        if matches!(ev, Some(Event::Finished { .. }) | None) {
+            self.done = true;
+        }
+        ev
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.tx.send(Command::Abort(self.key));
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Queues a request; refuses it when `max_waiting` requests already wait.
+    pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, SubmitError> {
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return Err(SubmitError::Stopped);
+        }
+        if self.shared.waiting.load(Ordering::Relaxed) >= self.max_waiting {
+            return Err(SubmitError::QueueFull);
+        }
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed) as u64;
+        let (etx, erx) = tmpsc::unbounded_channel();
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Command::Submit(key, Box::new(req), etx)).map_err(|_| SubmitError::Stopped)?;
+        Ok(RequestStream { rx: erx, key, tx: self.tx.clone(), done: false })
+    }
+
+    /// Requests waiting and running now.
+    pub fn load(&self) -> (usize, usize) {
+        (self.shared.waiting.load(Ordering::Relaxed), self.shared.running.load(Ordering::Relaxed))
+    }
+
+    /// Whether the engine thread is alive.
+    pub fn is_alive(&self) -> bool {
+        !self.shared.stopped.load(Ordering::Relaxed)
+    }
+}
+
+struct Seq {
+    req: EngineRequest,
+    tokens: Vec<u32>,
+    sampler: Sampler,
+    detok: IncrementalDecoder,
+    text: String,
+    tx: tmpsc::UnboundedSender<Event>,
+    scheduled_at: Option<Instant>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.req.prompt.len()
+    }
+}
+
+/// Starts the engine thread over a loaded model and cache.
+pub fn spawn(model: Model, cache: KvCache, tokenizer: Arc<Tokenizer>, cfg: EngineConfig, metrics: Option<EngineMetrics>) -> EngineHandle {
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared::default());
+    let handle = EngineHandle { tx, shared: shared.clone(), max_waiting: cfg.max_waiting };
+    std::thread::Builder::new()
+        .name("llmserve-engine".into())
+        .spawn(move || {
+            let mut core = Core { model, cache, tokenizer, sched: Scheduler::new(cfg.scheduler), cfg, metrics, seqs: HashMap::new(), shared: shared.clone() };
+            core.run(rx);
+            shared.stopped.store(true, Ordering::Relaxed);
+        })
+        .expect("spawn engine thread");
+    handle
+}
+
+struct Core {
+    model: Model,
+    cache: KvCache,
+    tokenizer: Arc<Tokenizer>,
+    sched: Scheduler,
+    cfg: EngineConfig,
+    metrics: Option<EngineMetrics>,
+    seqs: HashMap<u64, Seq>,
+    shared: Arc<Shared>,
+}
+
+impl Core {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            if self.sched.is_idle() {
+                match rx.recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) if self.sched.is_idle() => return,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                }
+            }
+            if let Err(e) = self.step() {
+                // A failed step fails every sequence in flight, never the process.
+                let keys: Vec<u64> = self.seqs.keys().copied().collect();
+                for k in keys {
+                    self.finish(k, FinishReason::Abort, Some(e.to_string()));
+                }
+            }
+            self.publish_gauges();
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(key, req, tx) => {
+                let req = *req;
+                let detok = match IncrementalDecoder::new(&self.tokenizer, &req.prompt) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Event::Finished { reason: FinishReason::Abort, prompt_tokens: req.prompt.len(), completion_tokens: 0, error: Some(e.to_string()) });
+                        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                if let Some(m) = &self.metrics {
+                    m.max_tokens.observe(req.max_tokens as f64);
+                    m.n.observe(1.0);
+                }
+                let seq = Seq {
+                    tokens: req.prompt.clone(),
+                    sampler: Sampler::new(req.sampling.clone()),
+                    detok,
+                    text: String::new(),
+                    tx,
+                    scheduled_at: None,
+                    first_token_at: None,
+                    last_token_at: None,
+                    req,
+                };
+                self.sched.add(key, seq.tokens.len());
+                self.seqs.insert(key, seq);
+            }
+            Command::Abort(key) => {
+                if self.seqs.contains_key(&key) {
+                    self.finish(key, FinishReason::Abort, None);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let plan = self.sched.schedule(&mut self.cache.blocks);
+        for key in plan.too_large {
+            let msg = "the sequence needs more KV-cache blocks than the engine has".to_string();
+            self.seqs.get(&key).map(|s| s.tx.send(Event::Finished { reason: FinishReason::Abort, prompt_tokens: s.req.prompt.len(), completion_tokens: 0, error: Some(msg) }));
+            self.seqs.remove(&key);
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.metrics {
+            m.preemptions.inc_by(plan.preempted.len() as u64);
+        }
+        if plan.scheduled.is_empty() {
+            if !self.sched.is_idle() && self.sched.num_running() == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            return Ok(());
+        }
+        let now = Instant::now();
+        for s in &plan.scheduled {
+            let seq = self.seqs.get_mut(&s.key).unwrap();
+            if seq.scheduled_at.is_none() {
+                seq.scheduled_at = Some(now);
+                if let Some(m) = &self.metrics {
+                    m.queue.observe((now - seq.req.arrival).as_secs_f64());
+                }
+            }
+        }
+        let steps: Vec<StepSeq<'_>> = plan
+            .scheduled
+            .iter()
+            .map(|s| StepSeq {
+                tokens: &self.seqs[&s.key].tokens[s.start..s.start + s.len],
+                start: s.start,
+                block_table: &self.sched.state(s.key).unwrap().block_table,
+            })
+            .collect();
+        let logits = self.model.forward(&steps, &self.cache)?.to_vec2::<f32>()?;
+        drop(steps);
+        let total: usize = plan.scheduled.iter().map(|s| s.len).sum();
+        if let Some(m) = &self.metrics {
+            m.iteration_tokens.observe(total as f64);
+            m.batch_size.set(plan.scheduled.len() as f64);
+            let prompt: usize = plan
+                .scheduled
+                .iter()
+                .map(|s| s.len.min(self.seqs[&s.key].req.prompt.len().saturating_sub(s.start)))
+                .sum();
+            m.prompt_tokens.inc_by(prompt as u64);
+        }
+        let done_at = Instant::now();
+        for (s, mut row) in plan.scheduled.iter().zip(logits) {
+            let computed = s.start + s.len;
+            self.sched.computed(s.key, computed);
+            let seq = self.seqs.get_mut(&s.key).unwrap();
+            if computed < seq.tokens.len() {
+                continue; // a prefill chunk; no token yet
+            }
+            let next = seq.sampler.sample(&mut row, &seq.tokens[seq.req.prompt.len()..]);
+            seq.tokens.push(next);
+            self.sched.append_token(s.key);
+            if let Some(m) = &self.metrics {
+                m.generation_tokens.inc();
+                match seq.last_token_at {
+                    None => m.ttft.observe((done_at - seq.req.arrival).as_secs_f64()),
+                    Some(t) => m.itl.observe((done_at - t).as_secs_f64()),
+                }
+            }
+            seq.first_token_at.get_or_insert(done_at);
+            seq.last_token_at = Some(done_at);
+            let is_eos = !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&next);
+            let is_stop_id = seq.req.stop_token_ids.contains(&next);
+            let mut finish = None;
+            if is_eos || is_stop_id {
+                finish = Some(FinishReason::Stop);
+            } else {
+                let piece = seq.detok.push(&self.tokenizer, next)?.unwrap_or_default();
+                let before = seq.text.len();
+                seq.text.push_str(&piece);
+                // A stop string ends the output where it begins; it may span pieces.
+                let hit = seq.req.stop.iter().filter_map(|st| seq.text[before.saturating_sub(st.len())..].find(st.as_str()).map(|i| i + before.saturating_sub(st.len()))).min();
+                let out = match hit {
+                    Some(at) => {
+                        finish = Some(FinishReason::Stop);
+                        let keep = at.max(before);
+                        let t = seq.text[before..keep].to_string();
+                        seq.text.truncate(at);
+                        t
+                    }
+                    None => piece,
+                };
+                if seq.tx.send(Event::Token { id: next, text: out }).is_err() {
+                    finish = Some(FinishReason::Abort); // the client went away
+                }
+                if finish.is_none() && (seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len) {
+                    finish = Some(FinishReason::Length);
+                }
+            }
+            if let Some(reason) = finish {
+                self.finish(s.key, reason, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, key: u64, reason: FinishReason, error: Option<String>) {
+        let was_waiting = self.sched.state(key).is_some_and(|s| s.computed == 0) && self.seqs.get(&key).is_some_and(|s| s.scheduled_at.is_none());
+        self.sched.remove(key, &mut self.cache.blocks);
+        let Some(seq) = self.seqs.remove(&key) else { return };
+        if was_waiting {
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let completion = seq.generated();
+        let _ = seq.tx.send(Event::Finished { reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: completion, error });
+        if let Some(m) = &self.metrics {
+            let now = Instant::now();
+            m.success.with_label_values(&[reason.as_str()]).inc();
+            m.e2e.observe((now - seq.req.arrival).as_secs_f64());
+            m.prompt_len.observe(seq.req.prompt.len() as f64);
+            m.generation_len.observe(completion as f64);
+            if let Some(sched) = seq.scheduled_at {
+                m.inference.observe((now - sched).as_secs_f64());
+                if let Some(first) = seq.first_token_at {
+                    m.prefill.observe((first - sched).as_secs_f64());
+                    m.decode.observe((now - first).as_secs_f64());
+                }
+            }
+            if let (Some(first), Some(last)) = (seq.first_token_at, seq.last_token_at)
+                && completion > 1
+            {
+                m.tpot.observe((last - first).as_secs_f64() / (completion - 1) as f64);
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let running = self.seqs.values().filter(|s| s.scheduled_at.is_some()).count();
+        self.shared.running.store(running, Ordering::Relaxed);
+        self.shared.waiting.store(self.seqs.len() - running, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.running.set(running as f64);
+            m.waiting.set((self.seqs.len() - running) as f64);
+            m.kv_usage.set(self.cache.blocks.usage());
+            if self.sched.is_idle() {
+                m.batch_size.set(0.0);
+            }
+        }
+    }
+}
+
+/// Checks and sizes: how many KV blocks fit in `budget_bytes`.
+pub fn blocks_for_budget(model: &Model, block_size: usize, budget_bytes: usize) -> Result<usize> {
+    let per = KvCache::bytes_per_block(model.config(), block_size, candle_core::DType::F32);
+    let n = budget_bytes / per.max(1);
+    if n == 0 {
+        return Err(Error::Load(format!("a KV budget of {budget_bytes} bytes holds no block of {per} bytes")));
+    }
+    Ok(n)
+}

@@ -1,0 +1,263 @@
+//! Continuous batching: which sequences run in the next step, and how many of their tokens.
+//!
+//! Each step, running sequences decode one token each (oldest first); then waiting sequences are
+//! admitted in arrival order while `max_num_seqs` and the step's `max_num_batched_tokens` budget
+//! allow, a long prompt being prefilled in chunks. When the KV cache has no block for a running
+//! sequence, the most recently admitted running sequence is preempted: its blocks are freed and it
+//! goes back to the front of the queue, to be recomputed later (vLLM's recompute preemption).
+//! Pure bookkeeping over [`BlockManager`]; no tensors.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::blocks::BlockManager;
+
+/// Limits of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+    /// Most tokens (prefill + decode) in one step.
+    pub max_num_batched_tokens: usize,
+}
+
+/// What the scheduler knows of a sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SeqState {
+    /// Prompt plus generated tokens.
+    pub len: usize,
+    /// Tokens whose keys and values are in the cache.
+    pub computed: usize,
+    /// The sequence's cache blocks.
+    pub block_table: Vec<u32>,
+}
+
+/// One sequence's share of a step: run its tokens `start .. start + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduled {
+    /// Sequence key.
+    pub key: u64,
+    /// First token to run (= tokens already cached).
+    pub start: usize,
+    /// Number of tokens to run.
+    pub len: usize,
+}
+
+/// The plan of one step.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Sequences to run, in order.
+    pub scheduled: Vec<Scheduled>,
+    /// Sequences preempted in this step (their blocks are free again; they wait to be recomputed).
+    pub preempted: Vec<u64>,
+    /// Sequences longer than the whole cache: removed; the caller fails them.
+    pub too_large: Vec<u64>,
+}
+
+/// Waiting and running queues, and each sequence's cache state.
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    waiting: VecDeque<u64>,
+    running: Vec<u64>,
+    seqs: HashMap<u64, SeqState>,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Scheduler { cfg, waiting: VecDeque::new(), running: Vec::new(), seqs: HashMap::new() }
+    }
+
+    /// Queues a new sequence of `len` prompt tokens.
+    pub fn add(&mut self, key: u64, len: usize) {
+        self.seqs.insert(key, SeqState { len, ..Default::default() });
+        self.waiting.push_back(key);
+    }
+
+    /// Records that `key` grew by one generated token.
+    pub fn append_token(&mut self, key: u64) {
+        if let Some(s) = self.seqs.get_mut(&key) {
+            s.len += 1;
+        }
+    }
+
+    /// Forgets a sequence (finished or aborted) and frees its blocks.
+    pub fn remove(&mut self, key: u64, blocks: &mut BlockManager) {
+        self.waiting.retain(|k| *k != key);
+        self.running.retain(|k| *k != key);
+        if let Some(mut s) = self.seqs.remove(&key) {
+            blocks.release(&mut s.block_table);
+        }
+    }
+
+    /// A sequence's state.
+    pub fn state(&self, key: u64) -> Option<&SeqState> {
+        self.seqs.get(&key)
+    }
+
+    /// Sequences waiting.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences running.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Plans the next step, growing block tables through `blocks`. After the step ran, the caller
+    /// reports each scheduled sequence's progress with [`Scheduler::computed`].
+    pub fn schedule(&mut self, blocks: &mut BlockManager) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = self.cfg.max_num_batched_tokens;
+
+        // === running sequences: one decode token each, or the next prefill chunk ===
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let key = self.running[i];
+            let s = &self.seqs[&key];
+            let len = (s.len - s.computed).min(budget);
+            if len == 0 {
+                i += 1;
+                continue;
+            }
+            let need = s.computed + len;
+            loop {
+                let s = self.seqs.get_mut(&key).unwrap();
+                if blocks.grow(&mut s.block_table, need).is_ok() {
+                    plan.scheduled.push(Scheduled { key, start: s.computed, len });
+                    budget -= len;
+                    i += 1;
+                    break;
+                }
+                // Out of blocks: preempt the newest running sequence (possibly this one).
+                let victim = *self.running.last().unwrap();
+                self.preempt(victim, blocks);
+                plan.preempted.push(victim);
+                plan.scheduled.retain(|s| s.key != victim);
+                if victim == key {
+                    break;
+                }
+            }
+        }
+
+        // === waiting sequences, in arrival order ===
+        while let Some(&key) = self.waiting.front() {
+            if budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
+                break;
+            }
+            let s = self.seqs.get_mut(&key).unwrap();
+            if blocks.blocks_for(s.len) > blocks.num_blocks() {
+                self.waiting.pop_front();
+                self.seqs.remove(&key);
+                plan.too_large.push(key);
+                continue;
+            }
+            let len = (s.len - s.computed).min(budget);
+            if blocks.grow(&mut s.block_table, s.computed + len).is_err() {
+                break; // wait for blocks to free up; keep arrival order
+            }
+            self.waiting.pop_front();
+            self.running.push(key);
+            plan.scheduled.push(Scheduled { key, start: s.computed, len });
+            budget -= len;
+        }
+        plan
+    }
+
+    /// Records that `key` now has `computed` tokens cached.
+    pub fn computed(&mut self, key: u64, computed: usize) {
+        if let Some(s) = self.seqs.get_mut(&key) {
+            s.computed = computed;
+        }
+    }
+
+    fn preempt(&mut self, key: u64, blocks: &mut BlockManager) {
+        self.running.retain(|k| *k != key);
+        let s = self.seqs.get_mut(&key).unwrap();
+        blocks.release(&mut s.block_table);
+        s.computed = 0;
+        self.waiting.push_front(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(max_seqs: usize, max_tokens: usize) -> Scheduler {
+        Scheduler::new(SchedulerConfig { max_num_seqs: max_seqs, max_num_batched_tokens: max_tokens })
+    }
+
+    fn run(s: &mut Scheduler, plan: &StepPlan) {
+        for p in &plan.scheduled {
+            s.computed(p.key, p.start + p.len);
+            if p.start + p.len == s.state(p.key).unwrap().len {
+                s.append_token(p.key); // a token was sampled
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_request_joins_the_running_batch_at_the_next_step() {
+        let mut bm = BlockManager::new(64, 4);
+        let mut s = sched(8, 64);
+        s.add(1, 5);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 0, len: 5 }]);
+        run(&mut s, &p);
+        s.add(2, 3);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 5, len: 1 }, Scheduled { key: 2, start: 0, len: 3 }]);
+    }
+
+    #[test]
+    fn budgets_limit_sequences_and_tokens_and_long_prompts_are_chunked() {
+        let mut bm = BlockManager::new(64, 4);
+        let mut s = sched(2, 10);
+        s.add(1, 7);
+        s.add(2, 7);
+        s.add(3, 1);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 0, len: 7 }, Scheduled { key: 2, start: 0, len: 3 }]);
+        run(&mut s, &p);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 7, len: 1 }, Scheduled { key: 2, start: 3, len: 4 }]);
+        assert_eq!(s.num_waiting(), 1, "max_num_seqs keeps the third waiting");
+    }
+
+    #[test]
+    fn out_of_blocks_preempts_the_newest_and_recomputes_it_later() {
+        let mut bm = BlockManager::new(4, 2);
+        let mut s = sched(8, 64);
+        s.add(1, 4);
+        s.add(2, 4);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled.len(), 2);
+        assert_eq!(bm.free_blocks(), 0);
+        run(&mut s, &p);
+        // Both now need a fifth slot: sequence 2 (newest) is preempted so 1 can go on.
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.preempted, vec![2]);
+        assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 4, len: 1 }]);
+        assert_eq!(s.state(2).unwrap().computed, 0);
+        s.remove(1, &mut bm);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled, vec![Scheduled { key: 2, start: 0, len: 5 }], "recomputed: prompt and generated token");
+    }
+
+    #[test]
+    fn a_sequence_larger_than_the_cache_is_refused() {
+        let mut bm = BlockManager::new(2, 2);
+        let mut s = sched(8, 64);
+        s.add(1, 9);
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.too_large, vec![1]);
+        assert!(s.is_idle());
+    }
+}

@@ -1,0 +1,45 @@
+//! `POST /v1/chat/completions`: messages rendered with the model's `chat_template`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::generate::{Kind, respond};
+use super::validate;
+use crate::state::AppState;
+
+/// Creates a chat completion.
+pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body = validate::parse_object(&body)?;
+    validate::check_model(&body, &state)?;
+    let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(_) => return Err(ApiError::invalid("messages", "`messages` must be a non-empty list")),
+        None => return Err(ApiError::invalid("messages", "`messages` is required")),
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let ok = m.get("role").and_then(Value::as_str).is_some_and(|r| ["system", "user", "assistant", "tool", "developer"].contains(&r))
+            && m.get("content").is_some_and(|c| c.is_string() || c.is_array() || c.is_null());
+        if !ok {
+            return Err(ApiError::invalid(&format!("messages[{i}]"), "each message needs a known `role` and a `content`"));
+        }
+    }
+    let template = loaded
+        .chat_template
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
+    let text = render(template, messages).map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
+    let prompt = loaded.tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let valid = validate::generation(&body, &state, prompt, None)?;
+    respond(&state, valid, Kind::Chat).await
+}
+
+/// Renders `messages` through a Hugging Face chat template (Jinja), asking for the assistant turn.
+pub fn render(template: &str, messages: &[Value]) -> Result<String, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", template)?;
+    env.get_template("chat")?.render(minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" })
+}

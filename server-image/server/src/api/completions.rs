@@ -1,0 +1,38 @@
+//! `POST /v1/completions`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::generate::{Kind, respond};
+use super::validate;
+use crate::state::AppState;
+
+/// OpenAI's default `max_tokens` for completions.
+pub const DEFAULT_MAX_TOKENS: usize = 16;
+
+/// Creates a completion of a text prompt (or a list of token ids).
+pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body = validate::parse_object(&body)?;
+    validate::check_model(&body, &state)?;
+    let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => loaded.tokenizer.encode(s).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            loaded.tokenizer.encode(a[0].as_str().unwrap()).map_err(|e| ApiError::invalid("prompt", e.to_string()))?
+        }
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_u64().is_some()) => {
+            let vocab = loaded.tokenizer.vocab_size() as u64;
+            if let Some(bad) = a.iter().filter_map(Value::as_u64).find(|&t| t >= vocab) {
+                return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {vocab}")));
+            }
+            a.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        }
+        Some(_) => return Err(ApiError::invalid("prompt", "`prompt` must be a string, a list of one string, or a list of token ids")),
+        None => return Err(ApiError::invalid("prompt", "`prompt` is required")),
+    };
+    let valid = validate::generation(&body, &state, prompt, Some(DEFAULT_MAX_TOKENS))?;
+    respond(&state, valid, Kind::Completion).await
+}

@@ -1,0 +1,107 @@
+//! The HTTP surface: OpenAI routes, `/health`, `/metrics`. One handler module per family.
+
+mod chat;
+mod completions;
+pub mod error;
+mod generate;
+mod models;
+pub mod validate;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+
+use crate::http_metrics::status_class;
+use crate::state::AppState;
+
+/// `GET` the served models.
+pub const MODELS: &str = "/v1/models";
+/// `GET` one model.
+pub const MODEL: &str = "/v1/models/{model}";
+/// `POST` a text completion.
+pub const COMPLETIONS: &str = "/v1/completions";
+/// `POST` a chat completion.
+pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// Readiness: 200 once the model is loaded.
+pub const HEALTH: &str = "/health";
+/// Prometheus exposition.
+pub const METRICS: &str = "/metrics";
+
+/// The server's router.
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route(MODELS, get(models::list))
+        .route(MODEL, get(models::get_one))
+        .route(COMPLETIONS, post(completions::create))
+        .route(CHAT_COMPLETIONS, post(chat::create))
+        .route(HEALTH, get(health))
+        .route(METRICS, get(metrics))
+        .fallback(|| async { error::ApiError { status: StatusCode::NOT_FOUND, message: "no such route".into(), kind: "invalid_request_error", param: None, code: Some("not_found"), retry_after: None } })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.loaded.get() {
+        Some(l) if l.engine.is_alive() => (StatusCode::OK, "ok").into_response(),
+        Some(_) => error::ApiError::unavailable("the engine has stopped").into_response(),
+        None => error::ApiError::unavailable("the model is loading").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    if let Err(e) = prometheus::Encoder::encode(&enc, &state.registry.gather(), &mut buf) {
+        return error::ApiError::internal(format!("encoding metrics failed: {e}")).into_response();
+    }
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], buf).into_response()
+}
+
+/// Records requests by route template and status class, in-flight requests, and the duration
+/// until the response body's last byte (streams included).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let http = state.http.clone();
+    let model = http.model().to_string();
+    http.in_flight.with_label_values(&[&route, &model]).inc();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let mut resp = if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's own body-limit rejection, in the OpenAI envelope.
+        error::ApiError::too_large(state.max_body_bytes).into_response()
+    } else {
+        resp
+    };
+    http.requests.with_label_values(&[&route, &model, status_class(resp.status().as_u16())]).inc();
+    let guard = Done { http, route, model, start };
+    let body = std::mem::take(resp.body_mut());
+    *resp.body_mut() = Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _ = &guard;
+        chunk
+    }));
+    resp
+}
+
+struct Done {
+    http: crate::http_metrics::HttpMetrics,
+    route: String,
+    model: String,
+    start: Instant,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.http.duration.with_label_values(&[&self.route, &self.model]).observe(self.start.elapsed().as_secs_f64());
+        self.http.in_flight.with_label_values(&[&self.route, &self.model]).dec();
+    }
+}

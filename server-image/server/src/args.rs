@@ -1,0 +1,81 @@
+//! `llmserve-server` flags: vLLM's names, each also an environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Flags of `llmserve-server`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "llmserve-server", version, about = "Serves a Hugging Face Llama or Qwen2 model with OpenAI routes and vLLM-compatible metrics")]
+pub struct Args {
+    /// Model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, env = "LLMSERVE_MODEL")]
+    pub model: String,
+    /// The id clients send as `model`; defaults to the directory's name.
+    #[arg(long, env = "LLMSERVE_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "LLMSERVE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on.
+    #[arg(long, env = "LLMSERVE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// `cpu`, or `cuda` (needs the `cuda` build).
+    #[arg(long, env = "LLMSERVE_DEVICE", default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Compute dtype; `auto` is float32 on CPU and the checkpoint's dtype on CUDA.
+    #[arg(long, env = "LLMSERVE_DTYPE", default_value = "auto", value_parser = ["auto", "float32", "float16", "bfloat16"])]
+    pub dtype: String,
+    /// Longest prompt + completion; defaults to the model's `max_position_embeddings`.
+    #[arg(long, env = "LLMSERVE_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+    /// Most sequences in one batch.
+    #[arg(long, env = "LLMSERVE_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Most tokens scheduled in one step.
+    #[arg(long, env = "LLMSERVE_MAX_NUM_BATCHED_TOKENS", default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Tokens per KV-cache block.
+    #[arg(long, env = "LLMSERVE_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// Bytes for the KV cache.
+    #[arg(long, env = "LLMSERVE_KV_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub kv_cache_bytes: usize,
+    /// Fraction of GPU memory to use (accepted for vLLM compatibility; the cache is sized by `--kv-cache-bytes`).
+    #[arg(long, env = "LLMSERVE_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// GPUs to shard over; only 1 is supported.
+    #[arg(long, env = "LLMSERVE_TENSOR_PARALLEL_SIZE", default_value_t = 1)]
+    pub tensor_parallel_size: usize,
+    /// Requests allowed to wait before new ones get 429.
+    #[arg(long, env = "LLMSERVE_MAX_WAITING_REQUESTS", default_value_t = 256)]
+    pub max_waiting_requests: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "LLMSERVE_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Export no `vllm:*` engine metrics (service-level HTTP metrics stay).
+    #[arg(long, env = "LLMSERVE_DISABLE_ENGINE_METRICS")]
+    pub disable_engine_metrics: bool,
+    /// Prefix caching (not implemented yet: accepted and ignored, with a warning).
+    #[arg(long, env = "LLMSERVE_ENABLE_PREFIX_CACHING")]
+    pub enable_prefix_caching: bool,
+    /// Seconds running requests get to finish after SIGTERM.
+    #[arg(long, env = "LLMSERVE_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// `json` or `text` logs.
+    #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
+
+impl Args {
+    /// The model directory; only local directories are supported so far.
+    pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
+        let p = PathBuf::from(&self.model);
+        if p.join("config.json").is_file() {
+            return Ok(p);
+        }
+        anyhow::bail!(
+            "--model {:?} is not a model directory (no config.json there); downloading from the Hugging Face Hub is not implemented yet: download the model and pass its directory",
+            self.model
+        )
+    }
+}

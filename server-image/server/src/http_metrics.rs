@@ -1,0 +1,59 @@
+//! Service-level HTTP metrics, always on (also with `--disable-engine-metrics`). Labels are
+//! bounded: route template, model id, status class.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Requests by route template, model and status class (`2xx` ...).
+pub const HTTP_REQUESTS_TOTAL: &str = "llmserve_http_requests_total";
+/// Request duration, until the last byte of the response (streams included).
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "llmserve_http_request_duration_seconds";
+/// Requests being served now.
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "llmserve_http_requests_in_flight";
+
+/// Every HTTP family as exposed on `/metrics`.
+pub const HTTP_FAMILIES: &[&str] = &[HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT];
+
+/// Handles to the HTTP metrics.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// See [`HTTP_REQUESTS_TOTAL`].
+    pub requests: IntCounterVec,
+    /// See [`HTTP_REQUEST_DURATION_SECONDS`].
+    pub duration: HistogramVec,
+    /// See [`HTTP_REQUESTS_IN_FLIGHT`].
+    pub in_flight: IntGaugeVec,
+    model: String,
+}
+
+impl HttpMetrics {
+    /// Registers the HTTP families.
+    pub fn register(registry: &Registry, model: &str) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests by route, model and status class."), &["route", "model", "status_class"])?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(HTTP_REQUEST_DURATION_SECONDS, "HTTP request duration until the response's last byte.")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            &["route", "model"],
+        )?;
+        let in_flight = IntGaugeVec::new(Opts::new(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being served."), &["route", "model"])?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(HttpMetrics { requests, duration, in_flight, model: model.to_string() })
+    }
+
+    /// The model label value.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+/// `2xx`, `4xx` ... of a status code.
+pub fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,9 @@
+//! `llmserve-server`: one model replica. OpenAI routes over the engine, SSE streaming, `/health`
+//! and `/metrics` with vLLM's metric names.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod args;
+pub mod http_metrics;
+pub mod serve;
+pub mod state;

@@ -1,0 +1,134 @@
+//! Process wiring: load, build the engine, serve, drain on SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device};
+use llmserve_engine::config::{GenerationConfig, ModelConfig};
+use llmserve_engine::engine::{self, EngineConfig};
+use llmserve_engine::metrics::{CacheInfo, EngineMetrics};
+use llmserve_engine::model::Model;
+use llmserve_engine::scheduler::SchedulerConfig;
+use llmserve_engine::tokenizer::Tokenizer;
+
+use crate::args::Args;
+use crate::state::{AppState, Loaded};
+
+/// Logs as JSON lines or text, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" { b.json().flatten_event(true).init() } else { b.init() }
+}
+
+fn device(args: &Args) -> anyhow::Result<Device> {
+    match args.device.as_str() {
+        "cuda" => Ok(Device::new_cuda(0)?),
+        _ => Ok(Device::Cpu),
+    }
+}
+
+fn dtype(args: &Args, cfg: &ModelConfig, device: &Device) -> DType {
+    match (args.dtype.as_str(), device.is_cpu()) {
+        ("float16", _) => DType::F16,
+        ("bfloat16", _) => DType::BF16,
+        ("float32", _) | ("auto", true) => DType::F32,
+        _ => match cfg.torch_dtype.as_deref() {
+            Some("bfloat16") => DType::BF16,
+            Some("float16") => DType::F16,
+            _ => DType::F32,
+        },
+    }
+}
+
+/// Loads the model, starts the engine, and attaches it to `state`.
+pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
+    let dir = args.model_dir()?;
+    let cfg = ModelConfig::load(&dir)?;
+    let device = device(args)?;
+    let dtype = dtype(args, &cfg, &device);
+    let started = std::time::Instant::now();
+    tracing::info!(model = %dir.display(), architecture = cfg.architecture(), ?dtype, device = %args.device, "loading weights");
+    let model = Model::load(&dir, &device, dtype)?;
+    let tokenizer = Arc::new(Tokenizer::load(&dir)?);
+    let generation = GenerationConfig::load(&dir)?;
+    let per_block = llmserve_engine::model::KvCache::bytes_per_block(&cfg, args.block_size, dtype);
+    let num_blocks = (args.kv_cache_bytes / per_block.max(1)).max(1);
+    let cache = model.new_cache(num_blocks, args.block_size)?;
+    let metrics = if args.disable_engine_metrics {
+        None
+    } else {
+        let info = CacheInfo { block_size: args.block_size, num_blocks, prefix_caching: false, cache_dtype: format!("{dtype:?}").to_lowercase() };
+        Some(EngineMetrics::register(&state.registry, &state.model_id, state.max_model_len, &info)?)
+    };
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["chat_template"].as_str().map(String::from));
+    let engine_cfg = EngineConfig {
+        scheduler: SchedulerConfig { max_num_seqs: args.max_num_seqs, max_num_batched_tokens: args.max_num_batched_tokens.max(args.max_model_len.unwrap_or(0)) },
+        max_model_len: state.max_model_len,
+        max_waiting: args.max_waiting_requests,
+        eos_token_ids: generation.eos_token_ids,
+    };
+    let handle = engine::spawn(model, cache, tokenizer.clone(), engine_cfg, metrics);
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), kv_blocks = num_blocks, block_size = args.block_size, "model loaded");
+    state.set_loaded(Loaded { engine: handle, tokenizer, chat_template, architecture: cfg.architecture().to_string() });
+    Ok(())
+}
+
+/// Builds the state for `args` (reads config.json for the context length).
+pub fn state(args: &Args) -> anyhow::Result<AppState> {
+    if args.tensor_parallel_size != 1 {
+        anyhow::bail!("--tensor-parallel-size {} is not supported yet; only 1", args.tensor_parallel_size);
+    }
+    if args.enable_prefix_caching {
+        tracing::warn!("--enable-prefix-caching is not implemented yet; serving without prefix caching");
+    }
+    let dir = args.model_dir()?;
+    let cfg = ModelConfig::load(&dir)?;
+    let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings).min(cfg.max_position_embeddings);
+    let id = args.served_model_name.clone().unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
+    Ok(AppState::new(id, max_model_len, args.max_body_bytes, prometheus::Registry::new()))
+}
+
+/// Serves until SIGTERM or Ctrl-C, then stops taking requests and gives running ones the grace
+/// period to finish.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let state = state(&args)?;
+    let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, model = %state.model_id, "listening; /health turns ready once the model is loaded");
+    let loader = {
+        let (args, state) = (args.clone(), state.clone());
+        tokio::task::spawn_blocking(move || load(&args, &state))
+    };
+    let app = crate::api::app(state.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    });
+    let serving = tokio::spawn(async move { server.await });
+    tokio::select! {
+        res = loader => {
+            res??;
+            println!("llmserve-server: serving {:?} at http://{addr}/v1 (try: curl http://{addr}/v1/completions -H 'content-type: application/json' -d '{{\"model\": \"{}\", \"prompt\": \"Once upon a time\", \"max_tokens\": 32}}')", state.model_id, state.model_id);
+        }
+        _ = shutdown_signal() => { return Ok(()); }
+    }
+    shutdown_signal().await;
+    tracing::info!(grace_seconds = args.shutdown_grace_seconds, "shutting down: no new requests, finishing running ones");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(args.shutdown_grace_seconds), serving).await.is_err() {
+        tracing::warn!("grace period over; aborting the requests still running");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+}
