@@ -404,7 +404,7 @@ impl Core {
             self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let completion = seq.generated();
-        let _ = seq.tx.send(Event::Finished { reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: completion, error });
+        // Metrics first: a client that has its answer must find it counted.
         if let Some(m) = &self.metrics {
             let now = Instant::now();
             m.success.with_label_values(&[reason.as_str()]).inc();
@@ -424,6 +424,7 @@ impl Core {
                 m.tpot.observe((last - first).as_secs_f64() / (completion - 1) as f64);
             }
         }
+        let _ = seq.tx.send(Event::Finished { reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: completion, error });
     }
 
     fn publish_gauges(&self) {

@@ -1,0 +1,337 @@
+//! Every route and error case of `llmserve-server`, through `app(state)` with the real
+//! stories260k model loaded (no socket: `oneshot`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use http_body_util::BodyExt;
+use llmserve_server::api::app;
+use llmserve_server::args::Args;
+use llmserve_server::serve;
+use llmserve_server::state::AppState;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260k")
+}
+
+fn args(extra: &[&str]) -> Args {
+    let dir = model_dir();
+    let mut v = vec!["llmserve-server", "--model", dir.to_str().unwrap()];
+    v.extend_from_slice(extra);
+    Args::parse_from(v)
+}
+
+fn loaded(extra: &[&str]) -> (AppState, Router) {
+    let a = args(extra);
+    let state = serve::state(&a).unwrap();
+    serve::load(&a, &state).unwrap();
+    (state.clone(), app(state))
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    let req = match body {
+        Some(b) => req.body(Body::from(b.to_string())).unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, headers, bytes)
+}
+
+async fn json_call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let (s, _, b) = call(app, method, uri, body).await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn reference(name: &str) -> String {
+    std::fs::read_to_string(model_dir().join("reference").join(name)).unwrap()
+}
+
+/// The value of the first sample line starting with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn metrics_text(app: &Router) -> String {
+    String::from_utf8(call(app, "GET", "/metrics", None).await.2).unwrap()
+}
+
+#[tokio::test]
+async fn models_routes() {
+    let (_, app) = loaded(&["--served-model-name", "stories"]);
+    let (s, v) = json_call(&app, "GET", "/v1/models", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["data"][0]["id"], "stories");
+    assert_eq!(v["data"][0]["architecture"], "LlamaForCausalLM");
+    let (s, v) = json_call(&app, "GET", "/v1/models/stories", None).await;
+    assert_eq!((s, v["object"].as_str()), (StatusCode::OK, Some("model")));
+    let (s, v) = json_call(&app, "GET", "/v1/models/other", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn greedy_completion_matches_the_reference_and_counts_usage() {
+    let (_, app) = loaded(&[]);
+    let body = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0});
+    let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(reference("once_upon_a_time.txt").starts_with(&format!("Once upon a time{text}")), "{text:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 40);
+    assert_eq!(v["usage"]["prompt_tokens"], 5, "BOS + 4 tokens");
+    assert_eq!(v["object"], "text_completion");
+}
+
+#[tokio::test]
+async fn stop_strings_and_stop_token_ids_end_generation() {
+    let (_, app) = loaded(&[]);
+    let body = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 60, "temperature": 0, "stop": [" Lily"]});
+    let (_, v) = json_call(&app, "POST", "/v1/completions", Some(body)).await;
+    assert_eq!(v["choices"][0]["text"], ", there was a little girl named");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // stories260k ends a story with BOS (1): EOS ids come from generation_config.json.
+    let body = json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 400, "temperature": 0});
+    let (_, v) = json_call(&app, "POST", "/v1/completions", Some(body)).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(reference("zoo.txt").trim_end().ends_with(v["choices"][0]["text"].as_str().unwrap().trim_end()));
+}
+
+#[tokio::test]
+async fn chat_completion_whole_and_streamed() {
+    let (_, app) = loaded(&[]);
+    let msgs = json!([{"role": "user", "content": "The cat"}]);
+    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(json!({"model": "stories260k", "messages": msgs, "max_tokens": 12, "temperature": 0}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let whole = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(reference("the_cat.txt").starts_with(&format!("The cat{whole}")), "{whole:?}");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+
+    let body = json!({"model": "stories260k", "messages": msgs, "max_tokens": 12, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let (s, h, b) = call(&app, "POST", "/v1/chat/completions", Some(body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = String::from_utf8(b).unwrap();
+    let datas: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*datas.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = datas[..datas.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, whole, "streamed text equals the whole answer");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
+
+    let body = json!({"model": "stories260k", "prompt": "The cat", "max_tokens": 3, "stream": true});
+    let text = String::from_utf8(call(&app, "POST", "/v1/completions", Some(body)).await.2).unwrap();
+    assert!(!text.contains("\"usage\""), "no usage chunk unless asked");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+}
+
+#[tokio::test]
+async fn every_error_case_uses_the_openai_envelope() {
+    let (_, app) = loaded(&["--max-body-bytes", "2000", "--max-model-len", "128"]);
+    let long_prompt = "Once upon a time ".repeat(200);
+    let cases: Vec<(Value, StatusCode, Option<&str>, Option<&str>)> = vec![
+        (json!({"prompt": "x"}), StatusCode::BAD_REQUEST, Some("model"), None),
+        (json!({"model": "gpt-4", "prompt": "x"}), StatusCode::NOT_FOUND, Some("model"), Some("model_not_found")),
+        (json!({"model": "stories260k"}), StatusCode::BAD_REQUEST, Some("prompt"), None),
+        (json!({"model": "stories260k", "prompt": "x", "max_tokens": 0}), StatusCode::BAD_REQUEST, Some("max_tokens"), None),
+        (json!({"model": "stories260k", "prompt": "x", "max_tokens": 100000}), StatusCode::BAD_REQUEST, Some("max_tokens"), None),
+        (json!({"model": "stories260k", "prompt": "x", "temperature": 2.5}), StatusCode::BAD_REQUEST, Some("temperature"), None),
+        (json!({"model": "stories260k", "prompt": "x", "top_p": 0}), StatusCode::BAD_REQUEST, Some("top_p"), None),
+        (json!({"model": "stories260k", "prompt": "x", "n": 2}), StatusCode::BAD_REQUEST, Some("n"), None),
+        (json!({"model": "stories260k", "prompt": "x", "stop": 5}), StatusCode::BAD_REQUEST, Some("stop"), None),
+        (json!({"model": "stories260k", "prompt": [100000]}), StatusCode::BAD_REQUEST, Some("prompt"), None),
+        (json!({"model": "stories260k", "prompt": long_prompt[..1900].to_string()}), StatusCode::BAD_REQUEST, Some("prompt"), None),
+        (json!({"model": "stories260k", "prompt": "x".repeat(3000)}), StatusCode::PAYLOAD_TOO_LARGE, None, Some("request_too_large")),
+    ];
+    for (body, status, param, code) in cases {
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body.clone())).await;
+        assert_eq!(s, status, "{body}: {v}");
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string());
+        assert_eq!(e["param"].as_str(), param, "{body}: {v}");
+        if let Some(c) = code {
+            assert_eq!(e["code"], c);
+        }
+    }
+    let req = Request::post("/v1/completions").header("content-type", "application/json").body(Body::from("{not json")).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json");
+    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(json!({"model": "stories260k", "messages": [{"role": "wizard", "content": "x"}]}))).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("messages[0]")));
+    let (s, v) = json_call(&app, "GET", "/v2/nothing", None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after_and_loading_answers_503() {
+    let (_, app) = loaded(&["--max-waiting-requests", "0"]);
+    let (s, h, b) = call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "x"}))).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["error"]["code"], "queue_full");
+
+    let a = args(&[]);
+    let not_loaded = app_without_model(&a);
+    let (s, h, _) = call(&not_loaded, "GET", "/health", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.contains_key("retry-after"));
+    let (s, _, _) = call(&not_loaded, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "x"}))).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _, _) = call(&app, "GET", "/health", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+fn app_without_model(a: &Args) -> Router {
+    app(serve::state(a).unwrap())
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_aborts_and_frees_its_blocks() {
+    let (_, app) = loaded(&[]);
+    let body = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": true, "stream": true});
+    let req = Request::post("/v1/completions").header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let mut body = resp.into_body();
+    let mut first = Vec::new();
+    while !String::from_utf8_lossy(&first).contains("\"text\"") {
+        first.extend_from_slice(&body.frame().await.unwrap().unwrap().into_data().unwrap());
+    }
+    // Gauges are published after each step: wait until they show the running sequence.
+    let mut running = false;
+    for _ in 0..200 {
+        let m = metrics_text(&app).await;
+        if sample(&m, "vllm:kv_cache_usage_perc").unwrap() > 0.0 && sample(&m, "vllm:num_requests_running") == Some(1.0) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(running, "the sequence runs and holds KV blocks");
+    drop(body); // the client goes away
+    let mut freed = false;
+    for _ in 0..200 {
+        let m = metrics_text(&app).await;
+        if sample(&m, r#"vllm:request_success_total{engine="0",finished_reason="abort""#) == Some(1.0) && sample(&m, "vllm:kv_cache_usage_perc") == Some(0.0) {
+            freed = true;
+            assert_eq!(sample(&m, "vllm:num_requests_running"), Some(0.0));
+            assert!(sample(&m, r#"vllm:generation_tokens_total"#).unwrap() < 500.0, "stopped early");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "abort counted and KV blocks freed");
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_was_sent() {
+    let (state, app) = loaded(&[]);
+    let prompts = ["Once upon a time", "The cat", "Tom and Lily went", "Zoo", "The cat sat"];
+    let max_tokens = 7;
+    let mut prompt_total = 0;
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let app = app.clone();
+            let body = json!({"model": "stories260k", "prompt": p, "max_tokens": max_tokens, "ignore_eos": true, "temperature": 0.8, "seed": 1});
+            tokio::spawn(async move { json_call(&app, "POST", "/v1/completions", Some(body)).await })
+        })
+        .collect();
+    for h in handles {
+        let (s, v) = h.await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+        prompt_total += v["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    let n = prompts.len() as f64;
+    let m = metrics_text(&app).await;
+    let l = r#"{engine="0",model_name="stories260k"}"#;
+    assert_eq!(sample(&m, &format!("vllm:prompt_tokens_total{l}")), Some(prompt_total as f64));
+    assert_eq!(sample(&m, &format!("vllm:generation_tokens_total{l}")), Some(n * max_tokens as f64));
+    assert_eq!(sample(&m, r#"vllm:request_success_total{engine="0",finished_reason="length",model_name="stories260k"}"#), Some(n));
+    for h in ["time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds", "request_prefill_time_seconds", "request_decode_time_seconds", "request_time_per_output_token_seconds", "request_prompt_tokens", "request_generation_tokens", "request_params_max_tokens", "request_params_n"] {
+        assert_eq!(sample(&m, &format!("vllm:{h}_count{l}")), Some(n), "{h}");
+    }
+    assert_eq!(sample(&m, &format!("vllm:inter_token_latency_seconds_count{l}")), Some(n * (max_tokens - 1) as f64));
+    assert_eq!(sample(&m, &format!("vllm:request_prompt_tokens_sum{l}")), Some(prompt_total as f64));
+    assert_eq!(sample(&m, &format!("vllm:request_generation_tokens_sum{l}")), Some(n * max_tokens as f64));
+    // Every prompt token and every generated token but the last is run through the model once.
+    assert_eq!(sample(&m, &format!("vllm:iteration_tokens_total_sum{l}")), Some(prompt_total as f64 + n * (max_tokens - 1) as f64));
+    assert_eq!(sample(&m, r#"vllm:time_to_first_token_seconds_bucket{engine="0",model_name="stories260k",le="+Inf"}"#), Some(n));
+    assert_eq!(sample(&m, r#"llmserve_http_requests_total{model="stories260k",route="/v1/completions",status_class="2xx"}"#), Some(n));
+    assert_eq!(sample(&m, &format!("vllm:kv_cache_usage_perc{l}")), Some(0.0));
+    assert!(m.contains("vllm:cache_config_info{block_size=\"16\""));
+    assert_eq!(state.model_id, "stories260k");
+}
+
+#[tokio::test]
+async fn disabled_engine_metrics_leave_only_service_metrics() {
+    let (_, app) = loaded(&["--disable-engine-metrics"]);
+    let (s, _) = json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 3}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let m = metrics_text(&app).await;
+    assert!(!m.contains("vllm:"), "{m}");
+    assert!(m.contains("llmserve_http_requests_total{"));
+    assert!(m.contains("llmserve_http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn metric_names_match_the_catalogue() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../metrics-catalogue.txt");
+    let catalogue: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    let mut ours: Vec<String> = llmserve_engine::metrics::ENGINE_FAMILIES.iter().chain(llmserve_server::http_metrics::HTTP_FAMILIES).map(|s| s.to_string()).collect();
+    ours.sort();
+    let mut cat = catalogue.clone();
+    cat.sort();
+    assert_eq!(ours, cat, "metric names in code differ from {}", path.display());
+    let (_, app) = loaded(&[]);
+    json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 2}))).await;
+    let m = metrics_text(&app).await;
+    for name in &catalogue {
+        assert!(m.contains(&format!("# TYPE {name} ")), "{name} is not exported");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_answer_as_if_alone() {
+    let (_, app) = loaded(&["--max-num-seqs", "8", "--block-size", "4"]);
+    let prompts = ["Once upon a time", "The cat", "Tom and Lily went", "Zoo"];
+    let solo: Vec<String> = {
+        let mut v = Vec::new();
+        for p in prompts {
+            let (_, r) = json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": p, "max_tokens": 30, "temperature": 0}))).await;
+            v.push(r["choices"][0]["text"].as_str().unwrap().to_string());
+        }
+        v
+    };
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let app = app.clone();
+            let body = json!({"model": "stories260k", "prompt": prompts[i % 4], "max_tokens": 30, "temperature": 0});
+            tokio::spawn(async move { json_call(&app, "POST", "/v1/completions", Some(body)).await.1 })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let v = h.await.unwrap();
+        assert_eq!(v["choices"][0]["text"].as_str().unwrap(), solo[i % 4], "request {i}");
+    }
+    let m = metrics_text(&app).await;
+    // At least one step ran more than one sequence's tokens at once.
+    let steps = sample(&m, r#"vllm:iteration_tokens_total_count"#).unwrap();
+    let tokens = sample(&m, r#"vllm:iteration_tokens_total_sum"#).unwrap();
+    assert!(tokens / steps > 1.5, "mean tokens per step {}", tokens / steps);
+}
