@@ -32,4 +32,14 @@ echo "[tests] hadolint server-image/Dockerfile" >&2
 "$VENV/bin/hadolint" server-image/Dockerfile
 cargo test --workspace --locked "$@"
 cargo build --locked -p llmserve-server --bin llmserve-server
+
+# The `cuda` feature must keep compiling, though no GPU is here: nvcc 13.0 from PyPI, its own
+# target directory so the CPU build is not invalidated.
+(
+  eval "$(bash "$ROOT/tests/harness/cuda-toolchain.sh")"
+  echo "[tests] cargo check --features cuda (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)" >&2
+  CARGO_TARGET_DIR="$LLMSERVE_CACHE/target-cuda" cargo check --locked -p llmserve-server --features cuda
+)
+
+# Last, so its summary line closes the run.
 LLMSERVE_SERVER_BIN="$CARGO_TARGET_DIR/debug/llmserve-server" "$VENV/bin/pytest" -q server-image/server/tests/python

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc as tmpsc;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::EngineMetrics;
 use crate::model::{KvCache, Model, StepSeq};
 use crate::sampling::{Sampler, SamplingParams};
@@ -262,7 +262,6 @@ impl Core {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = tx.send(Event::Finished { reason: FinishReason::Abort, prompt_tokens: req.prompt.len(), completion_tokens: 0, error: Some(e.to_string()) });
-                        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
                 };
@@ -298,7 +297,6 @@ impl Core {
             let msg = "the sequence needs more KV-cache blocks than the engine has".to_string();
             self.seqs.get(&key).map(|s| s.tx.send(Event::Finished { reason: FinishReason::Abort, prompt_tokens: s.req.prompt.len(), completion_tokens: 0, error: Some(msg) }));
             self.seqs.remove(&key);
-            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(m) = &self.metrics {
             m.preemptions.inc_by(plan.preempted.len() as u64);
@@ -397,12 +395,8 @@ impl Core {
     }
 
     fn finish(&mut self, key: u64, reason: FinishReason, error: Option<String>) {
-        let was_waiting = self.sched.state(key).is_some_and(|s| s.computed == 0) && self.seqs.get(&key).is_some_and(|s| s.scheduled_at.is_none());
         self.sched.remove(key, &mut self.cache.blocks);
         let Some(seq) = self.seqs.remove(&key) else { return };
-        if was_waiting {
-            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-        }
         let completion = seq.generated();
         // Metrics first: a client that has its answer must find it counted.
         if let Some(m) = &self.metrics {
@@ -427,6 +421,8 @@ impl Core {
         let _ = seq.tx.send(Event::Finished { reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: completion, error });
     }
 
+    /// The truth about queue lengths, after every loop; `submit` only adds to `waiting` between
+    /// two loops so the queue limit also counts requests not yet received.
     fn publish_gauges(&self) {
         let running = self.seqs.values().filter(|s| s.scheduled_at.is_some()).count();
         self.shared.running.store(running, Ordering::Relaxed);
@@ -440,14 +436,4 @@ impl Core {
             }
         }
     }
-}
-
-/// Checks and sizes: how many KV blocks fit in `budget_bytes`.
-pub fn blocks_for_budget(model: &Model, block_size: usize, budget_bytes: usize) -> Result<usize> {
-    let per = KvCache::bytes_per_block(model.config(), block_size, candle_core::DType::F32);
-    let n = budget_bytes / per.max(1);
-    if n == 0 {
-        return Err(Error::Load(format!("a KV budget of {budget_bytes} bytes holds no block of {per} bytes")));
-    }
-    Ok(n)
 }
