@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod random_model;
 pub mod sampling;
 pub mod scheduler;
 pub mod tokenizer;
