@@ -11,9 +11,6 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup
 export LLMSERVE_MODEL="${LLMSERVE_MODEL:-$ROOT/../shared/models/stories260k}"
 export LLMSERVE_PORT="${LLMSERVE_PORT:-8000}"
 export LLMSERVE_LOG_FORMAT="${LLMSERVE_LOG_FORMAT:-text}"
-# candle sizes its CPU thread pool to every core; on a model this small one thread is 4-6x faster
-# (docs/benchmarks.md). Larger models want more: set RAYON_NUM_THREADS.
-export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
 cat <<MSG
 Serving $LLMSERVE_MODEL on http://127.0.0.1:$LLMSERVE_PORT (Ctrl-C to stop). Try:
   curl -s localhost:$LLMSERVE_PORT/v1/models

@@ -61,6 +61,11 @@ pub struct Args {
     /// Seconds running requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// CPU compute threads: a number, or `auto` (one thread for weights under 64 MiB, where
+    /// candle's per-op thread pool costs more than it gains, else every core). An explicit
+    /// `RAYON_NUM_THREADS` in the environment wins over `auto`.
+    #[arg(long, env = "LLMSERVE_CPU_THREADS", default_value = "auto")]
+    pub cpu_threads: String,
     /// `json` or `text` logs.
     #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,

@@ -41,6 +41,33 @@ fn dtype(args: &Args, cfg: &ModelConfig, device: &Device) -> DType {
     }
 }
 
+/// Weights under this size run on one CPU thread when `--cpu-threads auto`.
+pub const SMALL_MODEL_BYTES: u64 = 64 << 20;
+
+/// The `RAYON_NUM_THREADS` this process must run with, when it differs from what it has (candle
+/// reads that variable at every matrix product, so the engine can only steer it through the
+/// environment; the binary re-executes itself with it set before any thread starts).
+pub fn cpu_threads_to_set(args: &Args) -> anyhow::Result<Option<usize>> {
+    if args.device != "cpu" {
+        return Ok(None);
+    }
+    let current = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok());
+    let wanted = match args.cpu_threads.as_str() {
+        "auto" if current.is_some() => return Ok(None),
+        "auto" => {
+            let dir = args.model_dir()?;
+            let bytes: u64 = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum();
+            if bytes < SMALL_MODEL_BYTES { 1 } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+        }
+        n => n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| anyhow::anyhow!("--cpu-threads takes a positive number or auto, got {n:?}"))?,
+    };
+    Ok((current != Some(wanted)).then_some(wanted))
+}
+
 /// Loads the model, starts the engine, and attaches it to `state`.
 pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let dir = args.model_dir()?;
@@ -48,7 +75,8 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let device = device(args)?;
     let dtype = dtype(args, &cfg, &device);
     let started = std::time::Instant::now();
-    tracing::info!(model = %dir.display(), architecture = cfg.architecture(), ?dtype, device = %args.device, "loading weights");
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
+    tracing::info!(model = %dir.display(), architecture = cfg.architecture(), ?dtype, device = %args.device, cpu_threads = %threads, "loading weights");
     let model = Model::load(&dir, &device, dtype)?;
     let tokenizer = Arc::new(Tokenizer::load(&dir)?);
     let generation = GenerationConfig::load(&dir)?;
