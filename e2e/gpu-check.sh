@@ -5,12 +5,7 @@
 #   2. a random-weight model of Qwen2.5-0.5B's shapes (made by `make-random-model`, since no hub is
 #      reachable): decode throughput at batch 1, 8 and 64, and TTFT.
 #
-# Prepare here, then carry `.device` (git-ignored) and run it there:
-#   eval "$(bash tests/harness/cuda-toolchain.sh)"
-#   cargo build --release -p llmserve-server --features cuda      # links against the CUDA libraries
-#   cargo build --release -p llmserve-engine --bin make-random-model
-#   mkdir -p .device/bin && cp $CARGO_TARGET_DIR/release/{llmserve-server,make-random-model} .device/bin/
-#   cp -r ../shared/models/stories260k .device/
+# Prepare here with `bash e2e/gpu-prepare.sh`, then carry `.device` (git-ignored) and run it there:
 #   (device) bash e2e/gpu-check.sh
 # It also runs on CPU with the CPU build, to check the script itself:
 #   DEVICE=cpu PRESET=tiny-qwen2 LLMSERVE_BIN_DIR=$CARGO_TARGET_DIR/release bash e2e/gpu-check.sh
@@ -25,6 +20,12 @@ WORK="$(mktemp -d)"
 PORT=18555
 SERVER=""
 trap '[[ -n "$SERVER" ]] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# The CUDA build loads cuBLAS, cuRAND and the runtime by soname: the toolkit's, or PyTorch's wheels'.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import glob, site; print(" ".join(glob.glob(site.getsitepackages()[0] + "/nvidia/*/lib")))' 2>/dev/null); do
+  [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
 
 echo "== machine"
 if [[ "$DEVICE" == cuda ]]; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; else uname -m; nproc; fi

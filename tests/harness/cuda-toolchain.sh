@@ -12,6 +12,8 @@ if [[ ! -x "$DIR/nvidia/cu13/bin/nvcc" || ! -e "$DIR/nvidia/cu13/include/nv/targ
     nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.88 nvidia-cuda-cccl==13.0.85 >&2
 fi
 ROOT="$DIR/nvidia/cu13"
+# The wheel ships only the versioned runtime; `-lcudart` needs the development name too.
+[[ -e "$ROOT/lib/libcudart.so" ]] || ln -sf libcudart.so.13 "$ROOT/lib/libcudart.so"
 # nvcc looks for nvvm and crt beside itself.
 [[ -e "$ROOT/nvvm" ]] || { [[ -d "$DIR/nvidia/cu13/nvvm" ]] || ln -sf "$(find "$DIR" -maxdepth 4 -type d -name nvvm | head -1)" "$ROOT/nvvm"; }
 echo "export CUDA_HOME=$ROOT CUDA_PATH=$ROOT CUDA_ROOT=$ROOT PATH=$ROOT/bin:\$PATH CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-90}"
