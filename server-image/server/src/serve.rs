@@ -101,7 +101,7 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     };
     let handle = engine::spawn(model, cache, tokenizer.clone(), engine_cfg, metrics);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), kv_blocks = num_blocks, block_size = args.block_size, "model loaded");
-    state.set_loaded(Loaded { engine: handle, tokenizer, chat_template, architecture: cfg.architecture().to_string() });
+    state.set_loaded(Loaded { engine: handle, tokenizer, chat_template, architecture: cfg.architecture().to_string(), model_vocab_size: cfg.vocab_size });
     Ok(())
 }
 

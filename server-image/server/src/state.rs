@@ -18,6 +18,8 @@ pub struct Loaded {
     pub chat_template: Option<String>,
     /// `architectures[0]`.
     pub architecture: String,
+    /// Token ids the model can embed (`vocab_size` of config.json).
+    pub model_vocab_size: usize,
 }
 
 /// Everything a handler needs; cheap to clone.

@@ -24,7 +24,9 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
             loaded.tokenizer.encode(a[0].as_str().unwrap()).map_err(|e| ApiError::invalid("prompt", e.to_string()))?
         }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_u64().is_some()) => {
-            let vocab = loaded.tokenizer.vocab_size() as u64;
+            // An id the embedding cannot look up would fail the whole engine step, and with it
+            // every request in flight: refuse it here.
+            let vocab = loaded.tokenizer.vocab_size().min(loaded.model_vocab_size) as u64;
             if let Some(bad) = a.iter().filter_map(Value::as_u64).find(|&t| t >= vocab) {
                 return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {vocab}")));
             }
