@@ -103,7 +103,6 @@ enum Command {
 #[derive(Default)]
 struct Shared {
     waiting: AtomicUsize,
-    running: AtomicUsize,
     next_key: AtomicUsize,
     stopped: AtomicBool,
 }
@@ -168,11 +167,6 @@ impl EngineHandle {
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         self.tx.send(Command::Submit(key, Box::new(req), etx)).map_err(|_| SubmitError::Stopped)?;
         Ok(RequestStream { rx: erx, key, tx: self.tx.clone(), done: false })
-    }
-
-    /// Requests waiting and running now.
-    pub fn load(&self) -> (usize, usize) {
-        (self.shared.waiting.load(Ordering::Relaxed), self.shared.running.load(Ordering::Relaxed))
     }
 
     /// Whether the engine thread is alive.
@@ -425,7 +419,6 @@ impl Core {
     /// two loops so the queue limit also counts requests not yet received.
     fn publish_gauges(&self) {
         let running = self.seqs.values().filter(|s| s.scheduled_at.is_some()).count();
-        self.shared.running.store(running, Ordering::Relaxed);
         self.shared.waiting.store(self.seqs.len() - running, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.running.set(running as f64);

@@ -147,11 +147,6 @@ impl Model {
         &self.cfg
     }
 
-    /// The device it runs on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// A zeroed cache of `num_blocks` blocks of `block_size` tokens.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         let shape = (num_blocks * block_size, self.cfg.kv_heads(), self.cfg.head_dim());

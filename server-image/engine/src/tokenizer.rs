@@ -40,7 +40,6 @@ impl Tokenizer {
 pub struct IncrementalDecoder {
     ids: Vec<u32>,
     emitted: usize,
-    start: usize,
 }
 
 impl IncrementalDecoder {
@@ -49,7 +48,7 @@ impl IncrementalDecoder {
     pub fn new(tok: &Tokenizer, context: &[u32]) -> Result<Self> {
         let ids = context[context.len().saturating_sub(4)..].to_vec();
         let emitted = tok.decode(&ids)?.len();
-        Ok(IncrementalDecoder { ids, emitted, start: emitted })
+        Ok(IncrementalDecoder { ids, emitted })
     }
 
     /// Adds `id` and returns the new text it completes, if any.
@@ -65,8 +64,4 @@ impl IncrementalDecoder {
         Ok(Some(piece))
     }
 
-    /// All generated text so far.
-    pub fn text(&self, tok: &Tokenizer) -> Result<String> {
-        Ok(tok.decode(&self.ids)?.get(self.start..).unwrap_or_default().to_string())
-    }
 }
