@@ -412,6 +412,8 @@ impl Core {
                 m.tpot.observe((last - first).as_secs_f64() / (completion - 1) as f64);
             }
         }
+        // The sequence's blocks are free and it no longer runs: the gauges say so before the answer.
+        self.publish_gauges();
         let _ = seq.tx.send(Event::Finished { reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: completion, error });
     }
 
