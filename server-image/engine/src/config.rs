@@ -73,10 +73,10 @@ impl ModelConfig {
         if !SUPPORTED_ARCHITECTURES.contains(&arch) {
             return Err(Error::Load(format!("unsupported architecture {arch:?}; supported: {SUPPORTED_ARCHITECTURES:?}")));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(Error::Load("num_attention_heads must be a multiple of num_key_value_heads".into()));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::Load("head_dim must be even for rotary embeddings".into()));
         }
         Ok(())

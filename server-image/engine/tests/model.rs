@@ -159,7 +159,7 @@ fn batched_equals_dense(dir: &std::path::Path, seqs: &[Vec<u32>]) {
     let model = Model::load(dir, &Device::Cpu, DType::F32).unwrap();
     let mut cache = model.new_cache(32, 4).unwrap();
     // Interleave block allocation so every sequence's blocks are scattered over the cache.
-    let mut tables = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut tables = [Vec::new(), Vec::new(), Vec::new()];
     for round in 1..=8 {
         for (t, s) in tables.iter_mut().zip(seqs) {
             cache.blocks.grow(t, (round * 4).min(s.len() + 1)).unwrap();

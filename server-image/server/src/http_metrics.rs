@@ -47,13 +47,4 @@ impl HttpMetrics {
     }
 }
 
-/// `2xx`, `4xx` ... of a status code.
-pub fn status_class(code: u16) -> &'static str {
-    match code {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
+pub use llmserve_openai::status_class;

@@ -12,6 +12,8 @@ use llmserve_engine::scheduler::SchedulerConfig;
 use llmserve_engine::tokenizer::Tokenizer;
 
 use crate::args::Args;
+use llmserve_openai::serve::shutdown_signal;
+
 use crate::state::{AppState, Loaded};
 
 /// Logs as JSON lines or text, filtered by `RUST_LOG` (default `info`).
@@ -131,15 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (args, state) = (args.clone(), state.clone());
         tokio::task::spawn_blocking(move || load(&args, &state))
     };
-    let app = crate::api::app(state.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.changed().await;
-        }
-    });
-    let serving = tokio::spawn(async move { server.await });
+    let serving = llmserve_openai::serve::spawn(listener, crate::api::app(state.clone()));
     tokio::select! {
         res = loader => {
             res??;
@@ -148,15 +142,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ = shutdown_signal() => { return Ok(()); }
     }
     shutdown_signal().await;
-    tracing::info!(grace_seconds = args.shutdown_grace_seconds, "shutting down: no new requests, finishing running ones");
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(args.shutdown_grace_seconds), serving).await.is_err() {
-        tracing::warn!("grace period over; aborting the requests still running");
-    }
+    serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }

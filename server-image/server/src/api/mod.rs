@@ -21,18 +21,7 @@ use futures::StreamExt;
 use crate::http_metrics::status_class;
 use crate::state::AppState;
 
-/// `GET` the served models.
-pub const MODELS: &str = "/v1/models";
-/// `GET` one model.
-pub const MODEL: &str = "/v1/models/{model}";
-/// `POST` a text completion.
-pub const COMPLETIONS: &str = "/v1/completions";
-/// `POST` a chat completion.
-pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
-/// Readiness: 200 once the model is loaded.
-pub const HEALTH: &str = "/health";
-/// Prometheus exposition.
-pub const METRICS: &str = "/metrics";
+pub use llmserve_openai::routes::{CHAT_COMPLETIONS, COMPLETIONS, HEALTH, METRICS, MODEL, MODELS};
 
 /// The server's router.
 pub fn app(state: AppState) -> Router {
@@ -44,7 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route(CHAT_COMPLETIONS, post(chat::create))
         .route(HEALTH, get(health))
         .route(METRICS, get(metrics))
-        .fallback(|| async { error::ApiError { status: StatusCode::NOT_FOUND, message: "no such route".into(), kind: "invalid_request_error", param: None, code: Some("not_found"), retry_after: None } })
+        .fallback(|| async { error::ApiError::no_route() })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

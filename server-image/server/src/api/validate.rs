@@ -33,7 +33,7 @@ pub fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiEr
 pub fn check_model(body: &serde_json::Map<String, Value>, state: &AppState) -> Result<(), ApiError> {
     match body.get("model") {
         Some(Value::String(m)) if m == &state.model_id => Ok(()),
-        Some(Value::String(m)) => Err(ApiError::model_not_found(m, &state.model_id)),
+        Some(Value::String(m)) => Err(ApiError::model_not_found(m, &[&state.model_id])),
         Some(_) => Err(ApiError::invalid("model", "`model` must be a string")),
         None => Err(ApiError::invalid("model", "`model` is required")),
     }
