@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -99,6 +100,8 @@ pub struct Desired {
     pub router_service: Service,
     /// Router ServiceMonitor.
     pub router_monitor: DynamicObject,
+    /// The router's identity and its read access to EndpointSlices.
+    pub router_rbac: (ServiceAccount, Role, RoleBinding),
 }
 
 impl Desired {
@@ -116,6 +119,7 @@ impl Desired {
             router_deployment: build::router_deployment(app),
             router_service: build::router_service(app),
             router_monitor: build::service_monitor(app, None),
+            router_rbac: (build::router_service_account(app), build::router_role(app), build::router_role_binding(app)),
         }
     }
 }
@@ -261,6 +265,10 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors:
         models.push((model.model_id().to_string(), live));
     }
     let router_name = desired.router_deployment.name_any();
+    let (sa, role, binding) = &desired.router_rbac;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(sa)).await?;
+    Api::<Role>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(role)).await?;
+    Api::<RoleBinding>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(binding)).await?;
     let router = deployments.patch(&router_name, &pp, &Patch::Apply(&desired.router_deployment)).await?;
     services.patch(&router_name, &pp, &Patch::Apply(&desired.router_service)).await?;
     if monitors {

@@ -88,7 +88,8 @@ async fn ray_example_produces_every_child() {
     assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "metrics");
     wait_get(&sms, "qwen-router").await;
     let router = wait_get(&deps, "qwen-router").await;
-    assert!(args(&router).contains(&"qwen-0.5b=http://qwen-qwen-0-5b.ray-example.svc:8000".to_string()));
+    assert!(args(&router).contains(&"qwen-0.5b=qwen-qwen-0-5b".to_string()));
+    wait_get(&Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns), "qwen-router").await;
     wait_get(&Api::<Service>::namespaced(client.clone(), ns), "qwen-router").await;
 
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);

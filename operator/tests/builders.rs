@@ -98,7 +98,16 @@ fn ray_example_service_hpa_monitor_router() {
     let r = build::router_deployment(&app);
     assert_eq!(r.metadata.name.as_deref(), Some("ray-example-router"));
     let args = args_of(&r);
-    assert_eq!(flag(&args, "--backend").as_deref(), Some("qwen-0.5b=http://ray-example-qwen-0-5b.team-a.svc:8000"));
+    assert_eq!(flag(&args, "--backend-service").as_deref(), Some("qwen-0.5b=ray-example-qwen-0-5b"));
+    assert_eq!(flag(&args, "--namespace").as_deref(), Some("team-a"));
+    let pod = r.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("ray-example-router"));
+    let role = build::router_role(&app);
+    let rule = &role.rules.as_ref().unwrap()[0];
+    assert_eq!((rule.resources.as_deref(), rule.verbs.as_slice()), (Some(&["endpointslices".to_string()][..]), &["get".to_string(), "list".into(), "watch".into()][..]));
+    let binding = build::router_role_binding(&app);
+    assert_eq!(binding.subjects.as_ref().unwrap()[0].name, "ray-example-router");
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
     assert_eq!(flag(&args, "--route-prefix").as_deref(), Some("/"));
     assert_eq!(build::router_url(&app), "http://ray-example-router.team-a.svc:8000");
     assert_eq!(build::router_service(&app).spec.unwrap().selector.unwrap()["app.kubernetes.io/component"], "router");

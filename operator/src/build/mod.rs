@@ -20,7 +20,7 @@ use crate::crd::{DEFAULT_IMAGE, LlmApplication, ModelConfig};
 
 pub use deployment::deployment;
 pub use hpa::{hpa, quantity_from_f64};
-pub use router::{router_deployment, router_service, router_url};
+pub use router::{router_deployment, router_role, router_role_binding, router_service, router_service_account, router_url};
 pub use service::service;
 pub use service_monitor::{SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor, service_monitor_resource};
 

@@ -1,11 +1,13 @@
 //! The application's OpenAI-compatible router: a Deployment of the serving image in router mode
-//! (`llmserve-router`) and its Service.
+//! (`llmserve-router`), its Service, and the ServiceAccount, Role and RoleBinding that let it
+//! read the EndpointSlices of the models' Services (it balances over the replicas itself).
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
-    Volume, VolumeMount,
+    ServiceAccount, Volume, VolumeMount,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
@@ -14,7 +16,8 @@ use super::service::service_spec;
 use super::*;
 use crate::crd::LlmApplication;
 
-/// The router's Deployment; it reaches each model through the model's Service.
+/// The router's Deployment; it follows each model's replicas through the EndpointSlices of the
+/// model's Service.
 pub fn router_deployment(app: &LlmApplication) -> Deployment {
     let app_name = app.name_any();
     let ns = app.namespace().unwrap_or_else(|| "default".into());
@@ -26,14 +29,14 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
         HTTP_PORT.to_string(),
         "--route-prefix".into(),
         app.spec.route_prefix.clone(),
+        "--namespace".into(),
+        ns,
+        "--endpoint-port".into(),
+        HTTP_PORT_NAME.into(),
     ];
     for m in &app.spec.models {
-        args.push("--backend".into());
-        args.push(format!(
-            "{}=http://{}.{ns}.svc:{HTTP_PORT}",
-            m.model_id(),
-            model_object_name(&app_name, m.model_id())
-        ));
+        args.push("--backend-service".into());
+        args.push(format!("{}={}", m.model_id(), model_object_name(&app_name, m.model_id())));
     }
     let q = |s: &str| Quantity(s.into());
     let container = Container {
@@ -77,7 +80,9 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
                         ..Default::default()
                     }]),
                     security_context: Some(pod_security_context()),
-                    automount_service_account_token: Some(false),
+                    service_account_name: Some(router_name(&app_name)),
+                    // The token is what the router reads EndpointSlices with.
+                    automount_service_account_token: Some(true),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(60),
                     ..Default::default()
@@ -105,4 +110,38 @@ pub fn router_url(app: &LlmApplication) -> String {
     let ns = app.namespace().unwrap_or_else(|| "default".into());
     let prefix = app.spec.route_prefix.trim_end_matches('/');
     format!("http://{}.{ns}.svc:{HTTP_PORT}{prefix}", router_name(&app.name_any()))
+}
+
+/// The router's ServiceAccount.
+pub fn router_service_account(app: &LlmApplication) -> ServiceAccount {
+    let name = router_name(&app.name_any());
+    ServiceAccount {
+        metadata: child_meta(app, name, object_labels(&router_selector(&app.name_any()))),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+/// Read access to EndpointSlices in the application's namespace: all the router needs.
+pub fn router_role(app: &LlmApplication) -> Role {
+    let name = router_name(&app.name_any());
+    Role {
+        metadata: child_meta(app, name, object_labels(&router_selector(&app.name_any()))),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["discovery.k8s.io".into()]),
+            resources: Some(vec!["endpointslices".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Binds [`router_role`] to [`router_service_account`].
+pub fn router_role_binding(app: &LlmApplication) -> RoleBinding {
+    let name = router_name(&app.name_any());
+    RoleBinding {
+        metadata: child_meta(app, name.clone(), object_labels(&router_selector(&app.name_any()))),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
+        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name, namespace: app.namespace(), ..Default::default() }]),
+    }
 }

@@ -1,0 +1,93 @@
+//! The router's HTTP surface: the OpenAI routes under the route prefix, `/health` and `/metrics`
+//! at the root.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use llmserve_openai::ApiError;
+use serde_json::{Value, json};
+
+use crate::backends::Pool;
+use crate::metrics::Metrics;
+
+pub use llmserve_openai::routes::{CHAT_COMPLETIONS, COMPLETIONS, HEALTH, METRICS, MODEL, MODELS};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Models and replicas.
+    pub pool: Arc<Pool>,
+    /// Service-level metrics.
+    pub metrics: Metrics,
+    /// Where the metrics live.
+    pub registry: prometheus::Registry,
+    /// HTTP client to the replicas.
+    pub client: reqwest::Client,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// How long a replica may take to send its response headers.
+    pub response_timeout: Duration,
+    /// Whether the replicas are known yet.
+    pub synced: Arc<AtomicBool>,
+    /// Unix time the router started (the models' `created`).
+    pub created: u64,
+}
+
+/// The router's routes; `prefix` is normalized (`""` or `/name`).
+pub fn app(state: AppState, prefix: &str) -> Router {
+    let openai = Router::new()
+        .route(MODELS, get(list))
+        .route(MODEL, get(one))
+        .route(COMPLETIONS, post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, COMPLETIONS, h, b)))
+        .route(CHAT_COMPLETIONS, post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, CHAT_COMPLETIONS, h, b)));
+    let routes = if prefix.is_empty() { openai } else { Router::new().nest(prefix, openai) };
+    routes.route(HEALTH, get(health)).route(METRICS, get(metrics)).fallback(|| async { ApiError::no_route() }).with_state(state)
+}
+
+fn card(state: &AppState, model: &str) -> Value {
+    json!({
+        "id": model,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "llmserve",
+        "ready_replicas": state.pool.replicas(model).len(),
+    })
+}
+
+async fn list(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": state.pool.models().iter().map(|m| card(&state, m)).collect::<Vec<_>>()}))
+}
+
+async fn one(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    if state.pool.knows(&model) {
+        Ok(Json(card(&state, &model)))
+    } else {
+        Err(ApiError::model_not_found(&model, &state.pool.models().iter().map(String::as_str).collect::<Vec<_>>()))
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    if state.synced.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        ApiError::unavailable("the model replicas are not known yet").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    for m in state.pool.models() {
+        state.metrics.ready_replicas.with_label_values(&[m]).set(state.pool.replicas(m).len() as i64);
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &state.registry.gather(), &mut buf) {
+        return ApiError::internal(format!("encoding metrics failed: {e}")).into_response();
+    }
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], buf).into_response()
+}

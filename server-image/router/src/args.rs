@@ -1,0 +1,63 @@
+//! `llmserve-router` flags, each also an environment variable.
+
+use std::net::IpAddr;
+
+/// Flags of `llmserve-router`.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "llmserve-router", version, about = "OpenAI-compatible router in front of the models of one LlmApplication")]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "LLMSERVE_ROUTER_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on.
+    #[arg(long, env = "LLMSERVE_ROUTER_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Path prefix of the OpenAI routes (`/` serves `/v1/...`, `/llm` serves `/llm/v1/...`).
+    #[arg(long, env = "LLMSERVE_ROUTER_ROUTE_PREFIX", default_value = "/")]
+    pub route_prefix: String,
+    /// A static replica, `MODEL=URL` (repeat the flag; the same MODEL twice is two replicas).
+    #[arg(long = "backend", env = "LLMSERVE_ROUTER_BACKENDS", value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// A model served by a Kubernetes Service, `MODEL=SERVICE`: its replicas are the ready
+    /// endpoints of the Service's EndpointSlices in `--namespace`, followed live.
+    #[arg(long = "backend-service", env = "LLMSERVE_ROUTER_BACKEND_SERVICES", value_delimiter = ',')]
+    pub backend_services: Vec<String>,
+    /// Namespace of the `--backend-service` Services (default: the pod's own namespace).
+    #[arg(long, env = "LLMSERVE_ROUTER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Name of the EndpointSlice port that serves HTTP.
+    #[arg(long, env = "LLMSERVE_ROUTER_ENDPOINT_PORT", default_value = "http")]
+    pub endpoint_port: String,
+    /// Largest request body in bytes.
+    #[arg(long, env = "LLMSERVE_ROUTER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds to wait for a replica to accept a connection.
+    #[arg(long, env = "LLMSERVE_ROUTER_CONNECT_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub connect_timeout_seconds: f64,
+    /// Seconds to wait for a replica's response headers (streams may then run as long as they
+    /// keep sending).
+    #[arg(long, env = "LLMSERVE_ROUTER_RESPONSE_TIMEOUT_SECONDS", default_value_t = 600.0)]
+    pub response_timeout_seconds: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// `json` or `text` logs.
+    #[arg(long, env = "LLMSERVE_ROUTER_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
+
+/// One `MODEL=VALUE` flag.
+pub fn split_pair<'a>(flag: &str, s: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    match s.split_once('=') {
+        Some((m, v)) if !m.is_empty() && !v.is_empty() => Ok((m, v)),
+        _ => anyhow::bail!("--{flag} takes MODEL=VALUE, got {s:?}"),
+    }
+}
+
+/// `/` → ``, `/llm/` → `/llm`: the prefix the OpenAI routes are nested under.
+pub fn normalized_prefix(p: &str) -> anyhow::Result<String> {
+    if !p.starts_with('/') {
+        anyhow::bail!("--route-prefix must start with '/', got {p:?}");
+    }
+    Ok(p.trim_end_matches('/').to_string())
+}

@@ -1,0 +1,14 @@
+//! llmserve's router: the OpenAI-compatible ingress of one LlmApplication. It routes by the
+//! request's `model` to that model's replicas (static `--backend` flags, or EndpointSlices in a
+//! cluster), balances by least outstanding requests, passes streams through chunk by chunk, and
+//! records service-level metrics that stay on whatever the engines' metrics settings are.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod args;
+pub mod backends;
+pub mod discovery;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
+pub mod sse;

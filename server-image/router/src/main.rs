@@ -1,0 +1,10 @@
+//! `llmserve-router`: parses flags and serves.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = llmserve_router::args::Args::parse();
+    llmserve_router::run::init_tracing(&args.log_format);
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(llmserve_router::run::run(args))
+}

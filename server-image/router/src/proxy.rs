@@ -1,0 +1,227 @@
+//! Forwards one OpenAI request to a replica of its model and passes the answer back: JSON bodies
+//! whole, SSE streams chunk by chunk. Records the router's service-level metrics on the way.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use llmserve_openai::{ApiError, status_class};
+use serde_json::Value;
+
+use crate::api::AppState;
+use crate::backends::Lease;
+use crate::metrics::{Metrics, UNKNOWN_MODEL};
+use crate::sse::{Usage, UsageFilter};
+
+/// Request headers passed on to the replica.
+const FORWARDED_REQUEST_HEADERS: &[header::HeaderName] = &[header::AUTHORIZATION, header::ACCEPT];
+/// Response headers passed back to the client.
+const FORWARDED_RESPONSE_HEADERS: &[header::HeaderName] = &[header::CONTENT_TYPE, header::RETRY_AFTER, header::CACHE_CONTROL];
+const REQUEST_ID: &str = "x-request-id";
+
+/// Forwards a `POST` on `route` (a path template such as `/v1/completions`).
+pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes)),
+    };
+    let mut req = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::malformed("the request body must be a JSON object")),
+        Err(e) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::malformed(format!("the request body is not valid JSON: {e}"))),
+    };
+    let models: Vec<&str> = state.pool.models().iter().map(String::as_str).collect();
+    let model = match req.get("model").and_then(Value::as_str) {
+        Some(m) if state.pool.knows(m) => m.to_string(),
+        Some(m) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::model_not_found(m, &models)),
+        None => {
+            let err = ApiError::invalid("model", format!("`model` is required: one of {}", models.join(", ")));
+            return reject(&state.metrics, UNKNOWN_MODEL, route, start, err);
+        }
+    };
+    // Streams report their usage only when asked; the router always asks, and strips the answer
+    // again when the client did not ask itself.
+    let streaming = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let client_wants_usage = req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let strip = streaming && !client_wants_usage;
+    let body = match req.get_mut("stream_options") {
+        _ if !strip => bytes,
+        Some(Value::Object(o)) => {
+            o.insert("include_usage".into(), Value::Bool(true));
+            Bytes::from(serde_json::to_vec(&req).unwrap_or_default())
+        }
+        None => {
+            req["stream_options"] = serde_json::json!({"include_usage": true});
+            Bytes::from(serde_json::to_vec(&req).unwrap_or_default())
+        }
+        Some(_) => bytes, // not an object: the replica answers the error
+    };
+
+    let tracker = Tracker::new(state.metrics.clone(), model.clone(), route, start);
+    let (upstream, lease) = match send(&state, &model, route, &headers, body).await {
+        Ok(r) => r,
+        Err(err) => {
+            tracker.count(err.status);
+            return err.into_response();
+        }
+    };
+    let status = upstream.status();
+    tracker.count(status);
+    let mut out = Response::builder().status(status);
+    for name in FORWARDED_RESPONSE_HEADERS.iter().map(|h| h.as_str()).chain([REQUEST_ID]) {
+        if let Some(v) = upstream.headers().get(name) {
+            out = out.header(name, v.clone());
+        }
+    }
+    let is_sse = upstream.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_sse {
+        out = out.header("x-accel-buffering", HeaderValue::from_static("no"));
+        let passing = Passing { upstream: upstream.bytes_stream().boxed(), filter: UsageFilter::new(strip), tracker, _lease: lease, done: false };
+        return out.body(Body::from_stream(pass_through(passing))).unwrap_or_else(|_| ApiError::internal("building the response failed").into_response());
+    }
+    let body = match upstream.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(model, error = %e, "replica failed while sending its answer");
+            return ApiError { status: StatusCode::BAD_GATEWAY, ..ApiError::internal("the model replica failed while answering") }.into_response();
+        }
+    };
+    tracker.first_byte();
+    if status.is_success() {
+        tracker.usage(serde_json::from_slice::<Value>(&body).ok().as_ref().and_then(Usage::of));
+    }
+    drop(lease);
+    out.body(Body::from(body)).unwrap_or_else(|_| ApiError::internal("building the response failed").into_response())
+}
+
+/// Sends to the least busy replica; a refused connection is retried once on another replica,
+/// since nothing reached the model yet.
+async fn send(state: &AppState, model: &str, route: &str, headers: &HeaderMap, body: Bytes) -> Result<(reqwest::Response, Lease), ApiError> {
+    let mut refused: Option<String> = None;
+    for attempt in 0..2 {
+        let Some(lease) = state.pool.pick(model, refused.as_deref()) else { break };
+        if attempt == 1 {
+            state.metrics.retries.with_label_values(&[model]).inc();
+        }
+        let url = format!("{}{}", lease.replica().url, route);
+        let mut rb = state.client.post(&url).header(header::CONTENT_TYPE, "application/json").body(body.clone());
+        for name in FORWARDED_REQUEST_HEADERS.iter().map(|h| h.as_str()).chain([REQUEST_ID]) {
+            if let Some(v) = headers.get(name) {
+                rb = rb.header(name, v.clone());
+            }
+        }
+        match tokio::time::timeout(state.response_timeout, rb.send()).await {
+            Ok(Ok(resp)) => return Ok((resp, lease)),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica refused the connection");
+                lease.replica().refused();
+                refused = Some(lease.replica().url.clone());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica failed before answering");
+                return Err(ApiError { status: StatusCode::BAD_GATEWAY, ..ApiError::internal("the model replica failed before answering") });
+            }
+            Err(_) => {
+                return Err(ApiError {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    code: Some("timeout"),
+                    ..ApiError::internal(format!("the model replica did not answer within {:?}", state.response_timeout))
+                });
+            }
+        }
+    }
+    Err(ApiError { retry_after: Some(1), code: Some("no_ready_replica"), ..ApiError::unavailable(format!("no ready replica of model `{model}`; retry later")) })
+}
+
+/// Answers an error found before any replica was asked.
+fn reject(metrics: &Metrics, model: &str, route: &str, start: Instant, err: ApiError) -> Response {
+    metrics.requests.with_label_values(&[model, route, status_class(err.status.as_u16())]).inc();
+    metrics.duration.with_label_values(&[model, route]).observe(start.elapsed().as_secs_f64());
+    err.into_response()
+}
+
+/// The metrics of one forwarded request: in flight until dropped (the stream's end, or the
+/// client going away), then its duration.
+struct Tracker {
+    metrics: Metrics,
+    model: String,
+    route: &'static str,
+    start: Instant,
+    first_byte_seen: std::sync::atomic::AtomicBool,
+}
+
+impl Tracker {
+    fn new(metrics: Metrics, model: String, route: &'static str, start: Instant) -> Arc<Self> {
+        metrics.in_flight.with_label_values(&[&model]).inc();
+        Arc::new(Tracker { metrics, model, route, start, first_byte_seen: false.into() })
+    }
+
+    fn count(&self, status: StatusCode) {
+        self.metrics.requests.with_label_values(&[&self.model, self.route, status_class(status.as_u16())]).inc();
+    }
+
+    fn first_byte(&self) {
+        if !self.first_byte_seen.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.metrics.first_byte.with_label_values(&[&self.model, self.route]).observe(self.start.elapsed().as_secs_f64());
+        }
+    }
+
+    fn usage(&self, usage: Option<Usage>) {
+        if let Some(u) = usage {
+            self.metrics.prompt_tokens.with_label_values(&[&self.model]).inc_by(u.prompt);
+            self.metrics.completion_tokens.with_label_values(&[&self.model]).inc_by(u.completion);
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.metrics.duration.with_label_values(&[&self.model, self.route]).observe(self.start.elapsed().as_secs_f64());
+        self.metrics.in_flight.with_label_values(&[&self.model]).dec();
+    }
+}
+
+struct Passing {
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    filter: UsageFilter,
+    tracker: Arc<Tracker>,
+    _lease: Lease,
+    done: bool,
+}
+
+/// The replica's SSE stream, event by event as they complete; dropping it (client gone) drops
+/// the connection to the replica, which aborts the sequence there.
+fn pass_through(p: Passing) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    stream::unfold(p, |mut p| async move {
+        if p.done {
+            return None;
+        }
+        loop {
+            match p.upstream.next().await {
+                Some(Ok(chunk)) => {
+                    p.tracker.first_byte();
+                    let out = p.filter.push(&chunk);
+                    if !out.is_empty() {
+                        return Some((Ok(out), p));
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(model = %p.tracker.model, error = %e, "replica's stream broke off");
+                    p.done = true;
+                    return Some((Err(std::io::Error::other("the model replica's stream broke off")), p));
+                }
+                None => {
+                    p.done = true;
+                    p.tracker.usage(p.filter.usage);
+                    let rest = p.filter.finish();
+                    return if rest.is_empty() { None } else { Some((Ok(rest), p)) };
+                }
+            }
+        }
+    })
+}

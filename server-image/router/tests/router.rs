@@ -1,0 +1,344 @@
+//! The router in front of real `llmserve-server` processes (stories260k under several model ids):
+//! routing by model, streaming passthrough, errors, balancing, service-level metrics, and
+//! EndpointSlice discovery against the real test API server.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use llmserve_test_support::server::{Server, free_port, host_ip, wait_healthy};
+use serde_json::{Value, json};
+
+struct Router {
+    url: String,
+    child: Child,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn router(args: &[String], env: &[(&str, &str)]) -> Router {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_llmserve-router"))
+        .args(["--port", &port.to_string(), "--log-format", "text"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn llmserve-router");
+    let r = Router { url: format!("http://127.0.0.1:{port}"), child };
+    wait_healthy(&r.url, Duration::from_secs(30));
+    r
+}
+
+fn backend(model: &str, url: &str) -> [String; 2] {
+    ["--backend".into(), format!("{model}={url}")]
+}
+
+async fn post(url: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let v = r.json::<Value>().await.unwrap_or(Value::Null);
+    (status, headers, v)
+}
+
+/// The value of one exposition line, `name{labels}` exactly as Prometheus text writes it.
+async fn sample(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+}
+
+async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+fn completion(model: &str, max_tokens: u32) -> Value {
+    json!({"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "temperature": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routes_by_model_streams_through_and_maps_errors() {
+    let alpha = Server::start("alpha", &["--disable-engine-metrics"]);
+    let beta = Server::start("beta", &["--disable-engine-metrics"]);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let args: Vec<String> = [backend("alpha", &alpha.url), backend("beta", &beta.url), backend("gamma", &dead)]
+        .concat()
+        .into_iter()
+        .chain(["--route-prefix".into(), "/llm/".into()])
+        .collect();
+    let r = router(&args, &[]);
+    let api = format!("{}/llm/v1", r.url);
+
+    let models: Value = reqwest::get(format!("{api}/models")).await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["alpha", "beta", "gamma"]);
+    let one: Value = reqwest::get(format!("{api}/models/beta")).await.unwrap().json().await.unwrap();
+    assert_eq!(one["ready_replicas"], 1);
+    assert_eq!(reqwest::get(format!("{}/v1/models", r.url)).await.unwrap().status(), 404, "the prefix is honoured");
+
+    // Each model id reaches its own server (which answers with its own id).
+    for model in ["alpha", "beta"] {
+        let (status, _, v) = post(&format!("{api}/completions"), completion(model, 8)).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["model"], model);
+        let chat = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+        let (status, _, v) = post(&format!("{api}/chat/completions"), chat).await;
+        assert_eq!((status, v["object"].as_str()), (200, Some("chat.completion")), "{v}");
+        assert_eq!(v["model"], model);
+    }
+    let served = |url: String| async move {
+        sample(&url, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#).await
+    };
+    assert_eq!(served(alpha.url.clone()).await, Some(1.0));
+    assert!(metrics_text(&beta.url).await.contains(r#"llmserve_http_requests_total{model="beta",route="/v1/completions",status_class="2xx"} 1"#));
+
+    // Streaming passes through as the tokens come: the first chunk reaches the client while the
+    // backend is still generating, and the usage chunk the router asked for is stripped.
+    let mut body = completion("alpha", 300);
+    body["stream"] = true.into();
+    body["ignore_eos"] = true.into();
+    let resp = reqwest::Client::new().post(format!("{api}/completions")).json(&body).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut chunks = resp.bytes_stream();
+    let first = chunks.next().await.unwrap().unwrap();
+    let in_flight = sample(&alpha.url, r#"llmserve_http_requests_in_flight{model="alpha",route="/v1/completions"}"#).await;
+    assert_eq!(in_flight, Some(1.0), "the first chunk arrived only after the backend had finished");
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    let mut reads = 1;
+    while let Some(c) = chunks.next().await {
+        text.push_str(std::str::from_utf8(&c.unwrap()).unwrap());
+        reads += 1;
+    }
+    assert!(reads > 10, "the stream came in {reads} reads");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert!(!text.contains("\"usage\""), "usage stripped when the client did not ask");
+    assert!(text.contains(r#""finish_reason":"length""#));
+    assert!(text.matches("data: {").count() > 250, "one event per token");
+
+    // The client that asks for usage gets it.
+    body["max_tokens"] = 5.into();
+    body["stream_options"] = json!({"include_usage": true});
+    let text = reqwest::Client::new().post(format!("{api}/completions")).json(&body).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#""usage":{"completion_tokens":5"#) || text.contains(r#""completion_tokens":5"#), "{text}");
+
+    // Errors.
+    let (status, _, v) = post(&format!("{api}/completions"), completion("gpt-4", 4)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("`alpha`") && msg.contains("`beta`") && msg.contains("`gamma`"), "{msg}");
+    let (status, _, v) = post(&format!("{api}/completions"), json!({"prompt": "x"})).await;
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("model")));
+    let resp = reqwest::Client::new().post(format!("{api}/completions")).body("{not json").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let (status, headers, v) = post(&format!("{api}/completions"), completion("gamma", 4)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (503, Some("no_ready_replica")), "{v}");
+    assert_eq!(headers["retry-after"], "1");
+    // A backend's own error passes through with its status and body.
+    let (status, _, v) = post(&format!("{api}/completions"), completion("beta", 0)).await;
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("max_tokens")), "{v}");
+    let big = json!({"model": "alpha", "prompt": "x".repeat(5 << 20)});
+    let (status, _, v) = post(&format!("{api}/completions"), big).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (413, Some("request_too_large")));
+
+    let m = metrics_text(&r.url).await;
+    assert!(m.contains(r#"llmserve_router_requests_total{model="gamma",route="/v1/completions",status_class="5xx"} 1"#), "{m}");
+    assert!(m.contains(r#"llmserve_router_requests_total{model="unknown",route="/v1/completions",status_class="4xx"} 4"#), "{m}");
+    assert!(m.contains(r#"llmserve_router_ready_replicas{model="alpha"} 1"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_level_counters_equal_what_clients_saw_with_engine_metrics_off() {
+    let alpha = Server::start("alpha", &["--disable-engine-metrics"]);
+    let beta = Server::start("beta", &["--disable-engine-metrics"]);
+    let args = [backend("alpha", &alpha.url), backend("beta", &beta.url)].concat();
+    let r = router(&args, &[]);
+    let mut want: std::collections::BTreeMap<(&str, &str), (u64, u64, u64)> = Default::default();
+    for i in 0..12u32 {
+        let model = if i % 3 == 0 { "beta" } else { "alpha" };
+        let (route, mut body) = if i % 2 == 0 {
+            ("/v1/completions", completion(model, 3 + i))
+        } else {
+            ("/v1/chat/completions", json!({"model": model, "messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 2 + i}))
+        };
+        let usage = if i % 4 == 1 {
+            body["stream"] = true.into();
+            body["stream_options"] = json!({"include_usage": true});
+            let text = reqwest::Client::new().post(format!("{}{route}", r.url)).json(&body).send().await.unwrap().text().await.unwrap();
+            let last: Value = text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| d.contains("\"usage\"")).map(|d| serde_json::from_str(d).unwrap()).next_back().unwrap();
+            last["usage"].clone()
+        } else {
+            let (status, _, v) = post(&format!("{}{route}", r.url), body).await;
+            assert_eq!(status, 200, "{v}");
+            v["usage"].clone()
+        };
+        let e = want.entry((model, route)).or_default();
+        e.0 += 1;
+        e.1 += usage["prompt_tokens"].as_u64().unwrap();
+        e.2 += usage["completion_tokens"].as_u64().unwrap();
+    }
+    for model in ["alpha", "beta"] {
+        let (mut requests, mut prompt, mut completion_tokens) = (0, 0, 0);
+        for ((m, route), (n, p, c)) in &want {
+            if *m != model {
+                continue;
+            }
+            let got = sample(&r.url, &format!(r#"llmserve_router_requests_total{{model="{m}",route="{route}",status_class="2xx"}}"#)).await;
+            assert_eq!(got, Some(*n as f64), "{m} {route}");
+            let dur = sample(&r.url, &format!(r#"llmserve_router_request_duration_seconds_count{{model="{m}",route="{route}"}}"#)).await;
+            assert_eq!(dur, Some(*n as f64));
+            let ttfb = sample(&r.url, &format!(r#"llmserve_router_time_to_first_byte_seconds_count{{model="{m}",route="{route}"}}"#)).await;
+            assert_eq!(ttfb, Some(*n as f64));
+            requests += n;
+            prompt += p;
+            completion_tokens += c;
+        }
+        assert!(requests > 0);
+        assert_eq!(sample(&r.url, &format!(r#"llmserve_router_prompt_tokens_total{{model="{model}"}}"#)).await, Some(prompt as f64));
+        assert_eq!(sample(&r.url, &format!(r#"llmserve_router_completion_tokens_total{{model="{model}"}}"#)).await, Some(completion_tokens as f64));
+        assert_eq!(sample(&r.url, &format!(r#"llmserve_router_requests_in_flight{{model="{model}"}}"#)).await, Some(0.0));
+    }
+    for s in [&alpha, &beta] {
+        assert!(!metrics_text(&s.url).await.contains("vllm:"), "engine metrics are off on the backends");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_outstanding_spreads_load_and_refused_replicas_are_retried() {
+    let a1 = Server::start("alpha", &[]);
+    let a2 = Server::start("alpha", &[]);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let args = [backend("alpha", &a1.url), backend("alpha", &a2.url), backend("alpha", &dead)].concat();
+    let r = router(&args, &[]);
+    let url = format!("{}/v1/completions", r.url);
+    let mut body = completion("alpha", 48);
+    body["ignore_eos"] = true.into();
+    let started = Instant::now();
+    let replies = futures::future::join_all((0..8).map(|_| {
+        let (url, body) = (url.clone(), body.clone());
+        async move { post(&url, body).await.0 }
+    }))
+    .await;
+    assert!(replies.iter().all(|s| *s == 200), "{replies:?} (the dead replica must be skipped)");
+    let count = |s: String| async move {
+        sample(&s, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#).await.unwrap_or(0.0)
+    };
+    let (n1, n2) = (count(a1.url.clone()).await, count(a2.url.clone()).await);
+    println!("8 concurrent requests in {:?}: {n1} on replica 1, {n2} on replica 2", started.elapsed());
+    assert_eq!(n1 + n2, 8.0);
+    assert!((n1 - n2).abs() <= 2.0, "least outstanding spreads the load: {n1} vs {n2}");
+    let retries = sample(&r.url, r#"llmserve_router_retries_total{model="alpha"}"#).await.unwrap();
+    assert!(retries >= 1.0, "the refused replica was tried and the request retried");
+}
+
+mod discovery {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    use llmserve_test_support::control_plane::{client, control_plane, namespace};
+    use llmserve_test_support::eventually;
+
+    use super::*;
+
+    fn slice(name: &str, service: &str, endpoints: &[(&Server, bool)]) -> Value {
+        let port = |s: &Server| s.url.rsplit(':').next().unwrap().parse::<i32>().unwrap();
+        // One slice per port: EndpointSlices carry one port list for all their endpoints. The API
+        // refuses loopback IPs in slices: the servers listen on every interface and go in by
+        // this machine's own address.
+        let ports: Vec<i32> = endpoints.iter().map(|(s, _)| port(s)).collect();
+        assert!(ports.windows(2).all(|w| w[0] == w[1]), "one port per slice");
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": ports.first().copied().unwrap_or(1), "protocol": "TCP"}],
+            "endpoints": endpoints.iter().map(|(_, ready)| json!({"addresses": [host_ip().to_string()], "conditions": {"ready": ready}})).collect::<Vec<_>>(),
+        })
+    }
+
+    async fn served_by(router: &str, servers: &[&Server]) -> Vec<f64> {
+        let mut out = Vec::new();
+        for s in servers {
+            out.push(sample(&s.url, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#).await.unwrap_or(0.0));
+        }
+        let _ = router;
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn endpoint_slices_change_the_routing_without_a_restart() {
+        let client = client().await;
+        let ns = "router-discovery";
+        namespace(&client, ns).await;
+        let a1 = Server::start("alpha", &["--disable-engine-metrics", "--host", "0.0.0.0"]);
+        let a2 = Server::start("alpha", &["--disable-engine-metrics", "--host", "0.0.0.0"]);
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+        let pp = PatchParams::apply("router-test").force();
+        slices.patch("alpha-1", &pp, &Patch::Apply(slice("alpha-1", "model-alpha", &[(&a1, true)]))).await.unwrap();
+        // A slice of another Service is not followed.
+        slices.patch("other-1", &pp, &Patch::Apply(slice("other-1", "model-other", &[(&a2, true)]))).await.unwrap();
+
+        let kubeconfig = control_plane().kubeconfig.to_string_lossy().into_owned();
+        let args: Vec<String> = ["--backend-service", "alpha=model-alpha", "--namespace", ns].iter().map(|s| s.to_string()).collect();
+        let r = router(&args, &[("KUBECONFIG", &kubeconfig)]);
+        let url = format!("{}/v1/completions", r.url);
+
+        for _ in 0..3 {
+            assert_eq!(post(&url, completion("alpha", 4)).await.0, 200);
+        }
+        assert_eq!(served_by(&r.url, &[&a1, &a2]).await, [3.0, 0.0]);
+
+        // The replica moves: the router follows.
+        slices.patch("alpha-1", &pp, &Patch::Apply(slice("alpha-1", "model-alpha", &[(&a2, true)]))).await.unwrap();
+        let moved = eventually(Duration::from_secs(20), || async {
+            (post(&url, completion("alpha", 4)).await.0 == 200 && served_by(&r.url, &[&a2]).await[0] > 0.0).then_some(())
+        })
+        .await;
+        assert!(moved.is_some(), "requests never reached the new replica");
+        let before = served_by(&r.url, &[&a1]).await[0];
+
+        // Two slices, both ready: both take requests.
+        slices.patch("alpha-2", &pp, &Patch::Apply(slice("alpha-2", "model-alpha", &[(&a1, true)]))).await.unwrap();
+        let spread = eventually(Duration::from_secs(20), || async {
+            let _ = futures::future::join_all((0..4).map(|_| post(&url, completion("alpha", 16)))).await;
+            (served_by(&r.url, &[&a1]).await[0] > before).then_some(())
+        })
+        .await;
+        assert!(spread.is_some(), "the added replica never took a request");
+
+        // Not ready, then gone: no replica, 503.
+        slices.patch("alpha-1", &pp, &Patch::Apply(slice("alpha-1", "model-alpha", &[(&a2, false)]))).await.unwrap();
+        slices.delete("alpha-2", &DeleteParams::default()).await.unwrap();
+        let gone = eventually(Duration::from_secs(20), || async { (post(&url, completion("alpha", 4)).await.0 == 503).then_some(()) }).await;
+        assert!(gone.is_some(), "requests still routed to a replica that is not ready");
+        let models: Value = reqwest::get(format!("{}/v1/models", r.url)).await.unwrap().json().await.unwrap();
+        assert_eq!(models["data"][0]["ready_replicas"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_in_flight_streams() {
+    let alpha = Server::start("alpha", &["--disable-engine-metrics"]);
+    let mut r = router(&backend("alpha", &alpha.url), &[]);
+    let mut body = completion("alpha", 400);
+    body["stream"] = true.into();
+    body["ignore_eos"] = true.into();
+    let resp = reqwest::Client::new().post(format!("{}/v1/completions", r.url)).json(&body).send().await.unwrap();
+    let mut chunks = resp.bytes_stream();
+    let mut text = String::from_utf8(chunks.next().await.unwrap().unwrap().to_vec()).unwrap();
+    let _ = Command::new("kill").arg("-TERM").arg(r.child.id().to_string()).status();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = reqwest::Client::new().post(format!("{}/v1/completions", r.url)).json(&completion("alpha", 2)).send().await;
+    assert!(refused.is_err(), "a draining router takes no new connections");
+    let running = sample(&alpha.url, r#"llmserve_http_requests_in_flight{model="alpha",route="/v1/completions"}"#).await;
+    assert_eq!(running, Some(1.0), "the stream must still be running when the router is told to stop");
+    while let Some(c) = chunks.next().await {
+        text.push_str(std::str::from_utf8(&c.expect("the stream finishes")).unwrap());
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert!(text.contains(r#""finish_reason":"length""#), "the whole stream arrived");
+    assert!(r.child.wait().unwrap().success(), "the router exits cleanly after the drain");
+}
