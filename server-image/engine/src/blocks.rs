@@ -1,23 +1,81 @@
 //! The paged KV cache's block manager: fixed-size blocks handed out from a free list and
-//! returned on finish, abort or preemption. Pure bookkeeping; the tensors live in `cache.rs`.
+//! returned on finish, abort or preemption. Pure bookkeeping; the tensors live in `model.rs`.
+//!
+//! With prefix caching on, a block whose every slot is computed is registered under a hash of
+//! its tokens chained to the hash of the block before it (vLLM v1's scheme). A new sequence whose
+//! prompt starts with registered blocks takes them (reference-counted) instead of recomputing
+//! them. Released blocks keep their registration while they sit in the free list, oldest freed
+//! first out, so the most recently used prefixes survive longest.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::error::{Error, Result};
+
+/// What a registered block holds: its chained hash and, to rule out collisions, its tokens and
+/// its parent's hash.
+#[derive(Debug, Clone)]
+struct Registered {
+    hash: u64,
+    parent: u64,
+    tokens: Box<[u32]>,
+}
 
 /// Hands out KV-cache blocks.
 #[derive(Debug)]
 pub struct BlockManager {
     block_size: usize,
     num_blocks: usize,
-    free: VecDeque<u32>,
+    /// Free blocks in release order; an entry is live only while its epoch matches (a cached
+    /// block taken back by a prefix hit leaves a stale entry behind).
+    free: VecDeque<(u32, u32)>,
+    free_count: usize,
+    epoch: Vec<u32>,
+    refs: Vec<u32>,
+    prefix_caching: bool,
+    registered: Vec<Option<Registered>>,
+    by_hash: HashMap<u64, u32>,
+}
+
+/// The hash every chain starts from.
+const ROOT: u64 = 0x6c6c_6d73_6572_7665;
+
+fn chain(parent: u64, tokens: &[u32]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
 }
 
 impl BlockManager {
-    /// `num_blocks` blocks of `block_size` token slots each.
+    /// `num_blocks` blocks of `block_size` token slots each, without prefix caching.
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         assert!(block_size > 0, "block size must be positive");
-        BlockManager { block_size, num_blocks, free: (0..num_blocks as u32).collect() }
+        BlockManager {
+            block_size,
+            num_blocks,
+            free: (0..num_blocks as u32).map(|b| (b, 0)).collect(),
+            free_count: num_blocks,
+            epoch: vec![0; num_blocks],
+            refs: vec![0; num_blocks],
+            prefix_caching: false,
+            registered: vec![None; num_blocks],
+            by_hash: HashMap::new(),
+        }
+    }
+
+    /// Turns prefix caching on or off (off forgets every registration).
+    pub fn set_prefix_caching(&mut self, on: bool) {
+        self.prefix_caching = on;
+        if !on {
+            self.by_hash.clear();
+            self.registered.iter_mut().for_each(|r| *r = None);
+        }
+    }
+
+    /// Whether prefix caching is on.
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
     }
 
     /// Tokens per block.
@@ -30,14 +88,14 @@ impl BlockManager {
         self.num_blocks
     }
 
-    /// Blocks not held by any sequence.
+    /// Blocks not held by any sequence (cached but unused blocks count as free).
     pub fn free_blocks(&self) -> usize {
-        self.free.len()
+        self.free_count
     }
 
     /// Fraction of blocks in use, 0..1 (`vllm:kv_cache_usage_perc`).
     pub fn usage(&self) -> f64 {
-        if self.num_blocks == 0 { 0.0 } else { 1.0 - self.free.len() as f64 / self.num_blocks as f64 }
+        if self.num_blocks == 0 { 0.0 } else { 1.0 - self.free_count as f64 / self.num_blocks as f64 }
     }
 
     /// Blocks a sequence of `tokens` tokens needs.
@@ -45,19 +103,92 @@ impl BlockManager {
         tokens.div_ceil(self.block_size)
     }
 
+    fn take_free(&mut self) -> Option<u32> {
+        while let Some((b, e)) = self.free.pop_front() {
+            if self.epoch[b as usize] != e || self.refs[b as usize] != 0 {
+                continue; // stale: taken back by a prefix hit since
+            }
+            self.free_count -= 1;
+            self.refs[b as usize] = 1;
+            if let Some(r) = self.registered[b as usize].take() {
+                self.by_hash.remove(&r.hash); // evicted: its slots are about to be overwritten
+            }
+            return Some(b);
+        }
+        None
+    }
+
     /// Grows `table` so it holds `tokens` tokens; all or nothing.
     pub fn grow(&mut self, table: &mut Vec<u32>, tokens: usize) -> Result<()> {
         let needed = self.blocks_for(tokens).saturating_sub(table.len());
-        if needed > self.free.len() {
-            return Err(Error::CacheFull { needed, free: self.free.len() });
+        if needed > self.free_count {
+            return Err(Error::CacheFull { needed, free: self.free_count });
         }
-        table.extend(self.free.drain(..needed));
+        for _ in 0..needed {
+            table.push(self.take_free().expect("free_count counts live free entries"));
+        }
         Ok(())
     }
 
-    /// Returns a sequence's blocks to the free list.
+    /// Returns a sequence's blocks; registered ones stay findable until they are reused.
     pub fn release(&mut self, table: &mut Vec<u32>) {
-        self.free.extend(table.drain(..));
+        for b in table.drain(..) {
+            let r = &mut self.refs[b as usize];
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                self.epoch[b as usize] = self.epoch[b as usize].wrapping_add(1);
+                self.free.push_back((b, self.epoch[b as usize]));
+                self.free_count += 1;
+            }
+        }
+    }
+
+    /// The registered blocks that hold the longest prefix of `tokens` in whole blocks, at most
+    /// `max_tokens` tokens of it, taken for a new sequence (their reference counts go up).
+    pub fn take_prefix(&mut self, tokens: &[u32], max_tokens: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        if !self.prefix_caching {
+            return out;
+        }
+        let mut parent = ROOT;
+        for chunk in tokens[..max_tokens.min(tokens.len())].chunks_exact(self.block_size) {
+            let hash = chain(parent, chunk);
+            let Some(&b) = self.by_hash.get(&hash) else { break };
+            match &self.registered[b as usize] {
+                Some(r) if r.parent == parent && *r.tokens == *chunk => {}
+                _ => break,
+            }
+            if self.refs[b as usize] == 0 {
+                self.free_count -= 1; // its free-list entry goes stale
+                self.epoch[b as usize] = self.epoch[b as usize].wrapping_add(1);
+            }
+            self.refs[b as usize] += 1;
+            out.push(b);
+            parent = hash;
+        }
+        out
+    }
+
+    /// Registers the whole blocks of `table` that the first `computed` of `tokens` fill.
+    pub fn register(&mut self, table: &[u32], tokens: &[u32], computed: usize) {
+        if !self.prefix_caching {
+            return;
+        }
+        let mut parent = ROOT;
+        for (i, chunk) in tokens[..computed.min(tokens.len())].chunks_exact(self.block_size).enumerate() {
+            let b = table[i] as usize;
+            if let Some(r) = &self.registered[b] {
+                parent = r.hash;
+                continue;
+            }
+            let hash = chain(parent, chunk);
+            if self.by_hash.contains_key(&hash) {
+                return; // another block holds this prefix; the chain goes on from that one only
+            }
+            self.by_hash.insert(hash, b as u32);
+            self.registered[b] = Some(Registered { hash, parent, tokens: chunk.into() });
+            parent = hash;
+        }
     }
 
     /// Cache slot of token position `pos` of a sequence with block table `table`.
@@ -85,5 +216,49 @@ mod tests {
         assert_eq!(bm.slot(&a, 17), a[1] as usize * 16 + 1);
         bm.release(&mut a);
         assert_eq!((bm.free_blocks(), bm.usage()), (4, 0.0));
+    }
+
+    #[test]
+    fn prefixes_are_shared_counted_and_evicted_oldest_first() {
+        let mut bm = BlockManager::new(4, 2);
+        bm.set_prefix_caching(true);
+        let prompt = [1, 2, 3, 4, 5];
+        let mut a = Vec::new();
+        assert!(bm.take_prefix(&prompt, 4).is_empty(), "nothing cached yet");
+        bm.grow(&mut a, 5).unwrap();
+        bm.register(&a, &prompt, 5);
+        // The same prompt finds the two whole blocks (the fifth token is computed again).
+        let mut b = bm.take_prefix(&prompt, 4);
+        assert_eq!(b, a[..2]);
+        assert_eq!(bm.free_blocks(), 1, "shared blocks are held once");
+        // A prompt that differs in the second block shares only the first.
+        assert_eq!(bm.take_prefix(&[1, 2, 9, 4], 4), a[..1]);
+        let mut c = a[..1].to_vec();
+        bm.release(&mut c);
+        bm.release(&mut a);
+        assert_eq!(bm.free_blocks(), 2, "b still holds two blocks");
+        bm.release(&mut b);
+        assert_eq!(bm.free_blocks(), 4);
+        // Released but registered: still found, and taking it back removes it from the free list.
+        let mut again = bm.take_prefix(&prompt, 4);
+        assert_eq!(again.len(), 2);
+        assert_eq!(bm.free_blocks(), 2);
+        bm.release(&mut again);
+        // Reuse evicts: four fresh blocks overwrite every registration.
+        let mut d = Vec::new();
+        bm.grow(&mut d, 8).unwrap();
+        assert_eq!(bm.free_blocks(), 0);
+        assert!(bm.take_prefix(&prompt, 4).is_empty(), "evicted blocks are not found");
+        bm.release(&mut d);
+        assert_eq!(bm.free_blocks(), 4);
+    }
+
+    #[test]
+    fn without_prefix_caching_nothing_is_registered() {
+        let mut bm = BlockManager::new(4, 2);
+        let mut a = Vec::new();
+        bm.grow(&mut a, 4).unwrap();
+        bm.register(&a, &[1, 2, 3, 4], 4);
+        assert!(bm.take_prefix(&[1, 2, 3, 4], 4).is_empty());
     }
 }

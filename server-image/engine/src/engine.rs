@@ -274,7 +274,7 @@ impl Core {
                     last_token_at: None,
                     req,
                 };
-                self.sched.add(key, seq.tokens.len());
+                self.sched.add(key, seq.tokens.clone());
                 self.seqs.insert(key, seq);
             }
             Command::Abort(key) => {
@@ -294,6 +294,8 @@ impl Core {
         }
         if let Some(m) = &self.metrics {
             m.preemptions.inc_by(plan.preempted.len() as u64);
+            m.prefix_queries.inc_by(plan.prefix_queried as u64);
+            m.prefix_hits.inc_by(plan.prefix_hits as u64);
         }
         if plan.scheduled.is_empty() {
             if !self.sched.is_idle() && self.sched.num_running() == 0 {
@@ -326,28 +328,27 @@ impl Core {
         if let Some(m) = &self.metrics {
             m.iteration_tokens.observe(total as f64);
             m.batch_size.set(plan.scheduled.len() as f64);
-            let prompt: usize = plan
-                .scheduled
-                .iter()
-                .map(|s| s.len.min(self.seqs[&s.key].req.prompt.len().saturating_sub(s.start)))
-                .sum();
-            m.prompt_tokens.inc_by(prompt as u64);
         }
         let done_at = Instant::now();
         for (s, mut row) in plan.scheduled.iter().zip(logits) {
             let computed = s.start + s.len;
-            self.sched.computed(s.key, computed);
+            self.sched.computed(s.key, computed, &mut self.cache.blocks);
             let seq = self.seqs.get_mut(&s.key).unwrap();
             if computed < seq.tokens.len() {
                 continue; // a prefill chunk; no token yet
             }
             let next = seq.sampler.sample(&mut row, &seq.tokens[seq.req.prompt.len()..]);
             seq.tokens.push(next);
-            self.sched.append_token(s.key);
+            self.sched.append_token(s.key, next);
             if let Some(m) = &self.metrics {
                 m.generation_tokens.inc();
                 match seq.last_token_at {
-                    None => m.ttft.observe((done_at - seq.req.arrival).as_secs_f64()),
+                    None => {
+                        // Counted once per request, when its prefill is done: neither prefix-cache
+                        // hits nor recomputation after preemption change what the client sent.
+                        m.prompt_tokens.inc_by(seq.req.prompt.len() as u64);
+                        m.ttft.observe((done_at - seq.req.arrival).as_secs_f64())
+                    }
                     Some(t) => m.itl.observe((done_at - t).as_secs_f64()),
                 }
             }

@@ -18,6 +18,10 @@ pub const GENERATION_TOKENS: &str = "vllm:generation_tokens";
 pub const REQUEST_SUCCESS: &str = "vllm:request_success";
 /// Preemptions (counter; exposed as `_total`).
 pub const NUM_PREEMPTIONS: &str = "vllm:num_preemptions";
+/// Prompt tokens looked up in the prefix cache (counter; exposed as `_total`).
+pub const PREFIX_CACHE_QUERIES: &str = "vllm:prefix_cache_queries";
+/// Prompt tokens found in the prefix cache (counter; exposed as `_total`).
+pub const PREFIX_CACHE_HITS: &str = "vllm:prefix_cache_hits";
 /// Time to first token.
 pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "vllm:time_to_first_token_seconds";
 /// Time between consecutive output tokens.
@@ -58,6 +62,8 @@ pub const ENGINE_FAMILIES: &[&str] = &[
     "vllm:generation_tokens_total",
     "vllm:request_success_total",
     "vllm:num_preemptions_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
     TIME_TO_FIRST_TOKEN_SECONDS,
     INTER_TOKEN_LATENCY_SECONDS,
     REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS,
@@ -115,6 +121,10 @@ pub struct EngineMetrics {
     pub success: IntCounterVec,
     /// Preemptions.
     pub preemptions: IntCounter,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queries: IntCounter,
+    /// Prompt tokens found there.
+    pub prefix_hits: IntCounter,
     /// TTFT.
     pub ttft: Histogram,
     /// Inter-token latency.
@@ -202,6 +212,8 @@ impl EngineMetrics {
             generation_tokens: counter(GENERATION_TOKENS, "Number of generation tokens processed.")?,
             success,
             preemptions: counter(NUM_PREEMPTIONS, "Cumulative number of preemptions from the engine.")?,
+            prefix_queries: counter(PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of number of queried tokens.")?,
+            prefix_hits: counter(PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens.")?,
             ttft: hist(TIME_TO_FIRST_TOKEN_SECONDS, "Histogram of time to first token in seconds.", TTFT_BUCKETS.to_vec())?,
             itl: hist(INTER_TOKEN_LATENCY_SECONDS, "Histogram of inter-token latency in seconds.", TOKEN_LATENCY_BUCKETS.to_vec())?,
             tpot: hist(REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS, "Histogram of time per output token in seconds.", TOKEN_LATENCY_BUCKETS.to_vec())?,

@@ -5,7 +5,8 @@
 //! allow, a long prompt being prefilled in chunks. When the KV cache has no block for a running
 //! sequence, the most recently admitted running sequence is preempted: its blocks are freed and it
 //! goes back to the front of the queue, to be recomputed later (vLLM's recompute preemption).
-//! Pure bookkeeping over [`BlockManager`]; no tensors.
+//! With prefix caching, a sequence admitted from the queue starts after the whole blocks of its
+//! tokens that the cache already holds. Pure bookkeeping over [`BlockManager`]; no tensors.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,7 +25,7 @@ pub struct SchedulerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SeqState {
     /// Prompt plus generated tokens.
-    pub len: usize,
+    pub tokens: Vec<u32>,
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
     /// The sequence's cache blocks.
@@ -51,6 +52,10 @@ pub struct StepPlan {
     pub preempted: Vec<u64>,
     /// Sequences longer than the whole cache: removed; the caller fails them.
     pub too_large: Vec<u64>,
+    /// Tokens of the sequences admitted from the queue in this step (`vllm:prefix_cache_queries`).
+    pub prefix_queried: usize,
+    /// Of those, tokens found in the prefix cache (`vllm:prefix_cache_hits`).
+    pub prefix_hits: usize,
 }
 
 /// Waiting and running queues, and each sequence's cache state.
@@ -68,16 +73,16 @@ impl Scheduler {
         Scheduler { cfg, waiting: VecDeque::new(), running: Vec::new(), seqs: HashMap::new() }
     }
 
-    /// Queues a new sequence of `len` prompt tokens.
-    pub fn add(&mut self, key: u64, len: usize) {
-        self.seqs.insert(key, SeqState { len, ..Default::default() });
+    /// Queues a new sequence with its prompt.
+    pub fn add(&mut self, key: u64, prompt: Vec<u32>) {
+        self.seqs.insert(key, SeqState { tokens: prompt, ..Default::default() });
         self.waiting.push_back(key);
     }
 
     /// Records that `key` grew by one generated token.
-    pub fn append_token(&mut self, key: u64) {
+    pub fn append_token(&mut self, key: u64, token: u32) {
         if let Some(s) = self.seqs.get_mut(&key) {
-            s.len += 1;
+            s.tokens.push(token);
         }
     }
 
@@ -121,7 +126,7 @@ impl Scheduler {
         while i < self.running.len() && budget > 0 {
             let key = self.running[i];
             let s = &self.seqs[&key];
-            let len = (s.len - s.computed).min(budget);
+            let len = (s.tokens.len() - s.computed).min(budget);
             if len == 0 {
                 i += 1;
                 continue;
@@ -152,15 +157,31 @@ impl Scheduler {
                 break;
             }
             let s = self.seqs.get_mut(&key).unwrap();
-            if blocks.blocks_for(s.len) > blocks.num_blocks() {
+            if blocks.blocks_for(s.tokens.len()) > blocks.num_blocks() {
                 self.waiting.pop_front();
                 self.seqs.remove(&key);
                 plan.too_large.push(key);
                 continue;
             }
-            let len = (s.len - s.computed).min(budget);
+            // The last token is always computed: its logits give the next token.
+            let hits = if s.computed == 0 && blocks.prefix_caching() { blocks.take_prefix(&s.tokens, s.tokens.len() - 1) } else { Vec::new() };
+            let cached = hits.len() * blocks.block_size();
+            let (table_before, computed_before) = (s.block_table.len(), s.computed);
+            if s.computed == 0 {
+                s.block_table = hits;
+                s.computed = cached;
+            }
+            let len = (s.tokens.len() - s.computed).min(budget);
             if blocks.grow(&mut s.block_table, s.computed + len).is_err() {
+                if table_before == 0 {
+                    blocks.release(&mut s.block_table);
+                }
+                s.computed = computed_before;
                 break; // wait for blocks to free up; keep arrival order
+            }
+            if computed_before == 0 && blocks.prefix_caching() {
+                plan.prefix_queried += s.tokens.len();
+                plan.prefix_hits += cached;
             }
             self.waiting.pop_front();
             self.running.push(key);
@@ -170,10 +191,12 @@ impl Scheduler {
         plan
     }
 
-    /// Records that `key` now has `computed` tokens cached.
-    pub fn computed(&mut self, key: u64, computed: usize) {
+    /// Records that `key` now has `computed` tokens cached (registering its whole blocks for
+    /// prefix caching).
+    pub fn computed(&mut self, key: u64, computed: usize, blocks: &mut BlockManager) {
         if let Some(s) = self.seqs.get_mut(&key) {
             s.computed = computed;
+            blocks.register(&s.block_table, &s.tokens, computed);
         }
     }
 
@@ -194,24 +217,28 @@ mod tests {
         Scheduler::new(SchedulerConfig { max_num_seqs: max_seqs, max_num_batched_tokens: max_tokens })
     }
 
-    fn run(s: &mut Scheduler, plan: &StepPlan) {
+    fn run(s: &mut Scheduler, bm: &mut BlockManager, plan: &StepPlan) {
         for p in &plan.scheduled {
-            s.computed(p.key, p.start + p.len);
-            if p.start + p.len == s.state(p.key).unwrap().len {
-                s.append_token(p.key); // a token was sampled
+            s.computed(p.key, p.start + p.len, bm);
+            if p.start + p.len == s.state(p.key).unwrap().tokens.len() {
+                s.append_token(p.key, 7); // a token was sampled
             }
         }
+    }
+
+    fn prompt(n: usize) -> Vec<u32> {
+        (1..=n as u32).collect()
     }
 
     #[test]
     fn a_new_request_joins_the_running_batch_at_the_next_step() {
         let mut bm = BlockManager::new(64, 4);
         let mut s = sched(8, 64);
-        s.add(1, 5);
+        s.add(1, prompt(5));
         let p = s.schedule(&mut bm);
         assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 0, len: 5 }]);
-        run(&mut s, &p);
-        s.add(2, 3);
+        run(&mut s, &mut bm, &p);
+        s.add(2, prompt(3));
         let p = s.schedule(&mut bm);
         assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 5, len: 1 }, Scheduled { key: 2, start: 0, len: 3 }]);
     }
@@ -220,12 +247,12 @@ mod tests {
     fn budgets_limit_sequences_and_tokens_and_long_prompts_are_chunked() {
         let mut bm = BlockManager::new(64, 4);
         let mut s = sched(2, 10);
-        s.add(1, 7);
-        s.add(2, 7);
-        s.add(3, 1);
+        s.add(1, prompt(7));
+        s.add(2, prompt(7));
+        s.add(3, prompt(1));
         let p = s.schedule(&mut bm);
         assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 0, len: 7 }, Scheduled { key: 2, start: 0, len: 3 }]);
-        run(&mut s, &p);
+        run(&mut s, &mut bm, &p);
         let p = s.schedule(&mut bm);
         assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 7, len: 1 }, Scheduled { key: 2, start: 3, len: 4 }]);
         assert_eq!(s.num_waiting(), 1, "max_num_seqs keeps the third waiting");
@@ -235,12 +262,12 @@ mod tests {
     fn out_of_blocks_preempts_the_newest_and_recomputes_it_later() {
         let mut bm = BlockManager::new(4, 2);
         let mut s = sched(8, 64);
-        s.add(1, 4);
-        s.add(2, 4);
+        s.add(1, prompt(4));
+        s.add(2, prompt(4));
         let p = s.schedule(&mut bm);
         assert_eq!(p.scheduled.len(), 2);
         assert_eq!(bm.free_blocks(), 0);
-        run(&mut s, &p);
+        run(&mut s, &mut bm, &p);
         // Both now need a fifth slot: sequence 2 (newest) is preempted so 1 can go on.
         let p = s.schedule(&mut bm);
         assert_eq!(p.preempted, vec![2]);
@@ -252,10 +279,30 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_prompt_starts_after_its_cached_blocks() {
+        let mut bm = BlockManager::new(16, 4);
+        bm.set_prefix_caching(true);
+        let mut s = sched(8, 64);
+        s.add(1, prompt(10));
+        let p = s.schedule(&mut bm);
+        assert_eq!((p.prefix_queried, p.prefix_hits), (10, 0));
+        run(&mut s, &mut bm, &p);
+        s.add(2, prompt(10));
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled[1], Scheduled { key: 2, start: 8, len: 2 }, "two whole blocks found");
+        assert_eq!((p.prefix_queried, p.prefix_hits), (10, 8));
+        assert_eq!(s.state(2).unwrap().block_table[..2], s.state(1).unwrap().block_table[..2]);
+        // A prompt of exactly two blocks still computes its last token.
+        s.add(3, prompt(8));
+        let p = s.schedule(&mut bm);
+        assert_eq!(p.scheduled.last(), Some(&Scheduled { key: 3, start: 4, len: 4 }));
+    }
+
+    #[test]
     fn a_sequence_larger_than_the_cache_is_refused() {
         let mut bm = BlockManager::new(2, 2);
         let mut s = sched(8, 64);
-        s.add(1, 9);
+        s.add(1, prompt(9));
         let p = s.schedule(&mut bm);
         assert_eq!(p.too_large, vec![1]);
         assert!(s.is_idle());

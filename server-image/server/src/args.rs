@@ -55,7 +55,8 @@ pub struct Args {
     /// Export no `vllm:*` engine metrics (service-level HTTP metrics stay).
     #[arg(long, env = "LLMSERVE_DISABLE_ENGINE_METRICS")]
     pub disable_engine_metrics: bool,
-    /// Prefix caching (not implemented yet: accepted and ignored, with a warning).
+    /// Reuse the KV blocks of prompt prefixes seen before (whole blocks; hits and queries are
+    /// counted in `vllm:prefix_cache_*`).
     #[arg(long, env = "LLMSERVE_ENABLE_PREFIX_CACHING")]
     pub enable_prefix_caching: bool,
     /// Seconds running requests get to finish after SIGTERM.

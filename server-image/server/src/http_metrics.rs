@@ -10,8 +10,14 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "llmserve_http_request_duration_
 /// Requests being served now.
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "llmserve_http_requests_in_flight";
 
+/// Requests refused for backpressure, by reason (`queue_full`: the waiting queue was full, 429).
+pub const HTTP_REQUESTS_REJECTED_TOTAL: &str = "llmserve_http_requests_rejected_total";
+
 /// Every HTTP family as exposed on `/metrics`.
-pub const HTTP_FAMILIES: &[&str] = &[HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT];
+pub const HTTP_FAMILIES: &[&str] = &[HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_REJECTED_TOTAL];
+
+/// Reasons of [`HTTP_REQUESTS_REJECTED_TOTAL`].
+pub const REJECTED_QUEUE_FULL: &str = "queue_full";
 
 /// Handles to the HTTP metrics.
 #[derive(Clone)]
@@ -22,11 +28,14 @@ pub struct HttpMetrics {
     pub duration: HistogramVec,
     /// See [`HTTP_REQUESTS_IN_FLIGHT`].
     pub in_flight: IntGaugeVec,
+    /// See [`HTTP_REQUESTS_REJECTED_TOTAL`].
+    pub rejected: IntCounterVec,
     model: String,
 }
 
 impl HttpMetrics {
-    /// Registers the HTTP families.
+    /// Registers the HTTP families, with zero-valued series for the OpenAI routes so that the
+    /// model and replica are visible (and rates defined) before the first request.
     pub fn register(registry: &Registry, model: &str) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests by route, model and status class."), &["route", "model", "status_class"])?;
         let duration = HistogramVec::new(
@@ -37,8 +46,14 @@ impl HttpMetrics {
         let in_flight = IntGaugeVec::new(Opts::new(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being served."), &["route", "model"])?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let rejected = IntCounterVec::new(Opts::new(HTTP_REQUESTS_REJECTED_TOTAL, "Requests refused for backpressure, by reason."), &["model", "reason"])?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(HttpMetrics { requests, duration, in_flight, model: model.to_string() })
+        registry.register(Box::new(rejected.clone()))?;
+        for route in [llmserve_openai::routes::COMPLETIONS, llmserve_openai::routes::CHAT_COMPLETIONS] {
+            in_flight.with_label_values(&[route, model]).set(0);
+        }
+        rejected.with_label_values(&[model, REJECTED_QUEUE_FULL]).reset();
+        Ok(HttpMetrics { requests, duration, in_flight, rejected, model: model.to_string() })
     }
 
     /// The model label value.

@@ -84,11 +84,12 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let generation = GenerationConfig::load(&dir)?;
     let per_block = llmserve_engine::model::KvCache::bytes_per_block(&cfg, args.block_size, dtype);
     let num_blocks = (args.kv_cache_bytes / per_block.max(1)).max(1);
-    let cache = model.new_cache(num_blocks, args.block_size)?;
+    let mut cache = model.new_cache(num_blocks, args.block_size)?;
+    cache.blocks.set_prefix_caching(args.enable_prefix_caching);
     let metrics = if args.disable_engine_metrics {
         None
     } else {
-        let info = CacheInfo { block_size: args.block_size, num_blocks, prefix_caching: false, cache_dtype: format!("{dtype:?}").to_lowercase() };
+        let info = CacheInfo { block_size: args.block_size, num_blocks, prefix_caching: args.enable_prefix_caching, cache_dtype: format!("{dtype:?}").to_lowercase() };
         Some(EngineMetrics::register(&state.registry, &state.model_id, state.max_model_len, &info)?)
     };
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
@@ -111,9 +112,6 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
 pub fn state(args: &Args) -> anyhow::Result<AppState> {
     if args.tensor_parallel_size != 1 {
         anyhow::bail!("--tensor-parallel-size {} is not supported yet; only 1", args.tensor_parallel_size);
-    }
-    if args.enable_prefix_caching {
-        tracing::warn!("--enable-prefix-caching is not implemented yet; serving without prefix caching");
     }
     let dir = args.model_dir()?;
     let cfg = ModelConfig::load(&dir)?;

@@ -185,6 +185,9 @@ async fn a_full_queue_answers_429_with_retry_after_and_loading_answers_503() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(h["retry-after"], "1");
     assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["error"]["code"], "queue_full");
+    let (_, _, m) = call(&app, "GET", "/metrics", None).await;
+    let m = String::from_utf8(m.to_vec()).unwrap();
+    assert!(m.contains(r#"llmserve_http_requests_rejected_total{model="stories260k",reason="queue_full"} 1"#), "{m}");
 
     let a = args(&[]);
     let not_loaded = app_without_model(&a);
@@ -334,4 +337,32 @@ async fn concurrent_requests_are_batched_and_answer_as_if_alone() {
     let steps = sample(&m, r#"vllm:iteration_tokens_total_count"#).unwrap();
     let tokens = sample(&m, r#"vllm:iteration_tokens_total_sum"#).unwrap();
     assert!(tokens / steps > 1.5, "mean tokens per step {}", tokens / steps);
+}
+
+#[tokio::test]
+async fn prefix_caching_reuses_blocks_and_changes_no_output() {
+    let prompt_ids: Vec<u32> = (0..70).map(|i| 300 + (i * 7 % 150)).collect();
+    let body = |ids: &[u32]| json!({"model": "stories260k", "prompt": ids, "max_tokens": 24, "temperature": 0});
+    let (_, plain) = loaded(&[]);
+    let (_, cached) = loaded(&["--enable-prefix-caching", "--block-size", "16"]);
+    let (_, want) = json_call(&plain, "POST", "/v1/completions", Some(body(&prompt_ids))).await;
+    let want = want["choices"][0]["text"].as_str().unwrap().to_string();
+    // Same prompt twice, then one sharing only its first 40 tokens.
+    let mut other = prompt_ids.clone();
+    other[40] = 17;
+    let (_, want_other) = json_call(&plain, "POST", "/v1/completions", Some(body(&other))).await;
+    for (ids, expect) in [(&prompt_ids, &want), (&prompt_ids, &want), (&other, &want_other["choices"][0]["text"].as_str().unwrap().to_string())] {
+        let (s, v) = json_call(&cached, "POST", "/v1/completions", Some(body(ids))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["choices"][0]["text"].as_str().unwrap(), expect, "prefix caching must not change greedy output");
+    }
+    let m = metrics_text(&cached).await;
+    assert_eq!(sample(&m, "vllm:prefix_cache_queries_total"), Some(210.0), "every prompt token is looked up");
+    // 70 tokens: 4 whole blocks of 16 (the last token is always computed); the third prompt
+    // shares two whole blocks (32 of its first 40 tokens).
+    assert_eq!(sample(&m, "vllm:prefix_cache_hits_total"), Some(64.0 + 32.0));
+    assert_eq!(sample(&m, "vllm:prompt_tokens_total"), Some(210.0), "hits do not change the prompt count");
+    assert!(m.contains(r#"enable_prefix_caching="true""#) || m.contains(r#"prefix_caching="true""#), "{m}");
+    let plain_m = metrics_text(&plain).await;
+    assert_eq!(sample(&plain_m, "vllm:prefix_cache_hits_total"), Some(0.0));
 }

@@ -35,7 +35,10 @@ fn usage(prompt: usize, completion: usize) -> Value {
 pub async fn respond(state: &AppState, valid: ValidGeneration, kind: Kind) -> Result<Response, ApiError> {
     let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
     let stream = loaded.engine.submit(valid.request).map_err(|e| match e {
-        SubmitError::QueueFull => ApiError::overloaded(),
+        SubmitError::QueueFull => {
+            state.http.rejected.with_label_values(&[&state.model_id, crate::http_metrics::REJECTED_QUEUE_FULL]).inc();
+            ApiError::overloaded()
+        }
         SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
     })?;
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
