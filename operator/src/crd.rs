@@ -59,6 +59,88 @@ pub struct LlmApplicationSpec {
     /// The OpenAI-compatible router in front of all models of the application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterConfig>,
+
+    /// One switch for the application's monitoring: ServiceMonitors, the PrometheusRule of SLO
+    /// alerts, and engine metrics (a model's `logEngineMetrics` still wins for its engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<ObservabilityConfig>,
+}
+
+impl LlmApplicationSpec {
+    /// Whether ServiceMonitors, alerts and (by default) engine metrics are on.
+    pub fn observability_enabled(&self) -> bool {
+        self.observability.as_ref().is_none_or(|o| o.enabled)
+    }
+
+    /// Whether `model` exports engine metrics: its `logEngineMetrics`, else the app's switch.
+    pub fn engine_metrics(&self, model: &ModelConfig) -> bool {
+        model.log_engine_metrics.unwrap_or_else(|| self.observability_enabled())
+    }
+}
+
+/// The application's monitoring switch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservabilityConfig {
+    /// False: no ServiceMonitors, no PrometheusRule, and no engine metrics unless a model sets
+    /// `logEngineMetrics: true`. Service-level metrics stay on.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// Service-level objectives of one model; each becomes an alert in the application's
+/// PrometheusRule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SloConfig {
+    /// Alert when the 95th percentile of time to first token exceeds this many seconds (5 min).
+    #[serde(default = "default_ttft_p95")]
+    #[schemars(range(min = 0.001, max = 3600.0))]
+    pub ttft_p95_seconds: f64,
+    /// Alert when the 95th percentile of time per output token exceeds this many seconds (5 min).
+    #[serde(default = "default_tpot_p95")]
+    #[schemars(range(min = 0.0001, max = 60.0))]
+    pub tpot_p95_seconds: f64,
+    /// Alert when more than this percentage of answers are 5xx (5 min).
+    #[serde(default = "default_error_rate")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub error_rate_percent: f64,
+    /// Alert when a replica's KV cache stays fuller than this fraction (10 min).
+    #[serde(default = "default_kv_usage")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub kv_cache_usage_max: f64,
+    /// Alert when more requests than this wait in the model's queues (5 min).
+    #[serde(default = "default_queue_max")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub queue_length_max: i32,
+}
+
+fn default_ttft_p95() -> f64 {
+    2.0
+}
+fn default_tpot_p95() -> f64 {
+    0.2
+}
+fn default_error_rate() -> f64 {
+    5.0
+}
+fn default_kv_usage() -> f64 {
+    0.95
+}
+fn default_queue_max() -> i32 {
+    32
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        SloConfig {
+            ttft_p95_seconds: default_ttft_p95(),
+            tpot_p95_seconds: default_tpot_p95(),
+            error_rate_percent: default_error_rate(),
+            kv_cache_usage_max: default_kv_usage(),
+            queue_length_max: default_queue_max(),
+        }
+    }
 }
 
 fn default_route_prefix() -> String {
@@ -103,8 +185,13 @@ pub struct ModelConfig {
     pub lora_config: Option<LoraConfig>,
 
     /// Whether the engine exports its `vllm:*` metrics; false leaves only service-level metrics.
-    #[serde(default = "yes")]
-    pub log_engine_metrics: bool,
+    /// Unset: follows `spec.observability.enabled` (true by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_engine_metrics: Option<bool>,
+
+    /// Alert thresholds for this model (defaults apply when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloConfig>,
 
     /// Overrides the resources derived from `acceleratorType`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

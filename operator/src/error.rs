@@ -17,6 +17,10 @@ pub enum Error {
     Leadership(String),
 }
 
+/// Every value [`Error::metric_label`] returns (the metrics start them at zero).
+pub const METRIC_LABELS: &[&str] =
+    &["conflict", "forbidden", "rejected", "api_error", "api_unreachable", "serialization", "usage_report", "leadership"];
+
 impl Error {
     /// Stable short label for logs, metrics and Events.
     pub fn metric_label(&self) -> &'static str {

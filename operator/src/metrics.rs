@@ -12,6 +12,8 @@ pub const RECONCILE_DURATION_SECONDS: &str = "llmserve_operator_reconcile_durati
 pub const LEADER: &str = "llmserve_operator_leader";
 /// Usage facts: number of models per (architecture, accelerator, tensor parallel, autoscaling, LoRA).
 pub const USAGE_INFO: &str = "llmserve_usage_info";
+/// 1 when usage data is collected, 0 when it is turned off.
+pub const USAGE_STATS_ENABLED: &str = "llmserve_operator_usage_stats_enabled";
 /// Applications and models seen by the last usage collection.
 pub const USAGE_APPLICATIONS: &str = "llmserve_usage_applications";
 
@@ -30,6 +32,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// See [`LEADER`].
     pub leader: IntGauge,
+    /// See [`USAGE_STATS_ENABLED`].
+    pub usage_stats_enabled: IntGauge,
     /// See [`USAGE_INFO`].
     pub usage_info: IntGaugeVec,
     /// See [`USAGE_APPLICATIONS`].
@@ -54,6 +58,14 @@ impl Metrics {
         )
         .unwrap();
         let leader = IntGauge::new(LEADER, "1 while this operator replica holds the leader lease.").unwrap();
+        let usage_stats_enabled = IntGauge::new(USAGE_STATS_ENABLED, "1 when usage data is collected (see README), 0 when turned off.").unwrap();
+        // Zero-valued series for every result and error reason, so rates exist from the start.
+        for result in ["success", "invalid", "error"] {
+            reconciles.with_label_values(&[result]).reset();
+        }
+        for reason in crate::error::METRIC_LABELS {
+            errors.with_label_values(&[reason]).reset();
+        }
         let usage_info = IntGaugeVec::new(
             Opts::new(USAGE_INFO, "Models served, by the usage facts llmserve collects (see README)."),
             &USAGE_LABELS,
@@ -69,12 +81,13 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(leader.clone()),
+            Box::new(usage_stats_enabled.clone()),
             Box::new(usage_info.clone()),
             Box::new(usage_applications.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, reconciles, errors, duration, leader, usage_info, usage_applications }
+        Metrics { registry, reconciles, errors, duration, leader, usage_stats_enabled, usage_info, usage_applications }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -139,6 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
+    metrics.usage_stats_enabled.set(i64::from(args.usage_stats));
     if args.usage_stats {
         let (client, ns, metrics, url) = (client.clone(), args.namespace.clone(), metrics.clone(), args.usage_report_url.clone());
         let every = Duration::from_secs(args.usage_interval_seconds.max(1));

@@ -39,6 +39,8 @@ pub mod reasons {
     pub const SERVICE_MONITORS_APPLIED: &str = "ServiceMonitorsApplied";
     /// The `monitoring.coreos.com/v1` ServiceMonitor CRD is not installed.
     pub const SERVICE_MONITOR_CRD_MISSING: &str = "ServiceMonitorCRDMissing";
+    /// `spec.observability.enabled` is false: no ServiceMonitors, no alerts.
+    pub const OBSERVABILITY_DISABLED: &str = "ObservabilityDisabled";
 }
 
 /// A condition to set; times and generations are filled in by [`merge_conditions`].

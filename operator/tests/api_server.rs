@@ -1,4 +1,5 @@
-//! The operator against a real kube-apiserver and etcd (with the ServiceMonitor CRD installed).
+//! The operator against a real kube-apiserver and etcd (with the ServiceMonitor and PrometheusRule
+//! CRDs installed).
 //! There is no controller-manager in this tier: tests write Deployment status and scale
 //! themselves, standing in for the Deployment controller and the HPA.
 
@@ -11,7 +12,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::Client;
-use llmserve_operator::build::service_monitor_resource;
+use llmserve_operator::build::{prometheus_rule_resource, service_monitor_resource};
 use llmserve_operator::crd::LlmApplication;
 use serde_json::json;
 use support::*;
@@ -22,6 +23,7 @@ async fn setup(ns: &str) -> (Client, RunningController) {
     let client = client().await;
     install_llmapp_crd(&client).await;
     install_service_monitor_crd(&client).await;
+    install_prometheus_rule_crd(&client).await;
     namespace(&client, ns).await;
     let ctrl = spawn_controller(&client, ns);
     (client, ctrl)
@@ -195,10 +197,10 @@ async fn removing_a_model_removes_its_children() {
     assert!(!args(&router).iter().any(|a| a.starts_with("stories=")), "the router forgets the removed model");
     let evs = eventually(WAIT, || async {
         let e = events_for(&client, ns, "two").await;
-        e.iter().any(|(_, r)| r == "ModelRemoved").then_some(e)
+        e.iter().any(|(_, r)| r == "Pruned").then_some(e)
     })
     .await;
-    assert!(evs.is_some(), "a ModelRemoved event is recorded");
+    assert!(evs.is_some(), "a Pruned event is recorded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,4 +324,52 @@ async fn status_follows_deployment_status() {
     .await
     .expect("Ready=False when a replica stops being ready");
     assert_eq!(a.status.unwrap().replicas.as_deref(), Some("1/2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
+    let ns = "slo";
+    let (client, _ctrl) = setup(ns).await;
+    let mut app = fixture("slo.yaml", "shop");
+    apply_app(&client, ns, &app).await.unwrap();
+    let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &prometheus_rule_resource());
+    let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let ttft = |r: &DynamicObject| {
+        r.data["spec"]["groups"][0]["rules"].as_array().unwrap().iter().find(|x| x["alert"] == "LlmserveTTFTHigh").map(|x| x["expr"].as_str().unwrap().to_string())
+    };
+    let rule = wait_get(&rules, "shop-slo").await;
+    assert_eq!(rule.data["spec"]["groups"][0]["rules"].as_array().unwrap().len(), 6, "5 SLOs of chat, the error rate of quiet");
+    assert!(ttft(&rule).unwrap().ends_with("> 1"), "{:?}", ttft(&rule));
+    wait_get(&sms, "shop-chat").await;
+
+    // A changed SLO changes the rule.
+    app["spec"]["models"][0]["slo"]["ttftP95Seconds"] = json!(3);
+    apply_app(&client, ns, &app).await.unwrap();
+    eventually(WAIT, || async { rules.get("shop-slo").await.ok().and_then(|r| ttft(&r)).filter(|e| e.ends_with("> 3")) })
+        .await
+        .expect("the PrometheusRule follows the SLO");
+
+    // Observability off: alerts and ServiceMonitors go, engine metrics go where the model did not decide.
+    app["spec"]["observability"] = json!({"enabled": false});
+    apply_app(&client, ns, &app).await.unwrap();
+    let off = eventually(WAIT, || async {
+        let gone = rules.get_opt("shop-slo").await.ok()?.is_none()
+            && sms.get_opt("shop-chat").await.ok()?.is_none()
+            && sms.get_opt("shop-router").await.ok()?.is_none();
+        let chat = deps.get("shop-chat").await.ok()?;
+        (gone && args(&chat).contains(&"--disable-engine-metrics".to_string())).then_some(())
+    })
+    .await;
+    assert!(off.is_some(), "observability off removes the PrometheusRule and ServiceMonitors and engine metrics");
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let monitored = eventually(WAIT, || async { condition(&apps.get("shop").await.ok()?, "Monitored").filter(|c| c.1 == "ObservabilityDisabled") }).await;
+    assert!(monitored.is_some());
+
+    // A model's own logEngineMetrics wins over the switch.
+    app["spec"]["models"][0]["logEngineMetrics"] = json!(true);
+    apply_app(&client, ns, &app).await.unwrap();
+    let kept = eventually(WAIT, || async { (!args(&deps.get("shop-chat").await.ok()?).contains(&"--disable-engine-metrics".to_string())).then_some(()) }).await;
+    assert!(kept.is_some(), "logEngineMetrics: true keeps engine metrics with observability off");
+    assert!(rules.get_opt("shop-slo").await.unwrap().is_none(), "still no alerts");
 }

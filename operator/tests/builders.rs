@@ -1,4 +1,5 @@
-//! Pure builders, validation, status and usage, from YAML fixtures; no cluster.
+//! Pure builders, validation, status and usage, from YAML fixtures; no cluster. The generated
+//! alert rules are checked and unit-tested by Prometheus's own `promtool` (Debian package).
 
 use std::collections::BTreeMap;
 
@@ -94,6 +95,11 @@ fn ray_example_service_hpa_monitor_router() {
     assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm.data["spec"]["endpoints"][0]["path"], "/metrics");
     assert_eq!(sm.data["spec"]["selector"]["matchLabels"]["llmserve.dev/model-id"], "qwen-0.5b");
+    let relabel = &sm.data["spec"]["endpoints"][0]["relabelings"][0];
+    assert_eq!(relabel["targetLabel"], "llmserve_app", "the dashboards' application label");
+    assert_eq!(relabel["sourceLabels"][0], "__meta_kubernetes_service_label_app_kubernetes_io_instance");
+    let svc = build::service(&app, m);
+    assert_eq!(svc.metadata.labels.as_ref().unwrap()["app.kubernetes.io/instance"], "ray-example", "the label the relabeling reads");
 
     let r = build::router_deployment(&app);
     assert_eq!(r.metadata.name.as_deref(), Some("ray-example-router"));
@@ -281,4 +287,49 @@ fn checked_in_crd_is_fresh() {
         on_disk == llmserve_operator::crd_yaml(),
         "crds/llmapplications.yaml is stale: run `cargo run -p llmserve-operator --bin crdgen > crds/llmapplications.yaml`"
     );
+}
+
+// === alerts ===
+
+fn promtool(args: &[&str], dir: &std::path::Path) -> String {
+    let out = std::process::Command::new("promtool").args(args).current_dir(dir).output().expect("promtool (Debian package `prometheus`) on PATH");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn generated_alerts_fire_when_slos_break_and_stay_quiet_otherwise() {
+    let app = fixture("slo.yaml");
+    let rule = build::prometheus_rule(&app);
+    assert_eq!(rule.metadata.name.as_deref(), Some("shop-slo"));
+    assert_eq!(rule.metadata.owner_references.as_ref().unwrap()[0].name, "shop");
+    let mut groups = build::rule_groups(&app);
+    let names: Vec<(String, String)> = groups[0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["labels"]["model"].as_str().unwrap().to_string(), r["alert"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(names.iter().filter(|(m, _)| m == "chat").count(), 5, "every SLO of chat: {names:?}");
+    assert_eq!(names.iter().filter(|(m, _)| m == "quiet").map(|(_, a)| a.as_str()).collect::<Vec<_>>(), ["LlmserveErrorRateHigh"], "engine metrics off: only the error rate");
+
+    let readme = std::fs::read_to_string(format!("{}/../README.md", env!("CARGO_MANIFEST_DIR"))).unwrap().to_lowercase();
+    for r in groups[0]["rules"].as_array_mut().unwrap() {
+        let a = r["annotations"].take();
+        assert!(a["summary"].as_str().is_some_and(|s| !s.is_empty()) && a["description"].as_str().is_some_and(|s| !s.is_empty()));
+        let anchor = a["runbook_url"].as_str().unwrap().rsplit('#').next().unwrap().to_string();
+        assert!(readme.contains(&format!("#### {anchor}")), "README has no runbook heading for {anchor}");
+        r.as_object_mut().unwrap().remove("annotations"); // promtool compares them verbatim; checked above
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slo-rules.yaml"), serde_yaml::to_string(&serde_json::json!({"groups": groups})).unwrap()).unwrap();
+    std::fs::copy(format!("{}/tests/fixtures/slo-alerts.test.yaml", env!("CARGO_MANIFEST_DIR")), dir.path().join("slo-alerts.test.yaml")).unwrap();
+    promtool(&["check", "rules", "slo-rules.yaml"], dir.path());
+    let out = promtool(&["test", "rules", "slo-alerts.test.yaml"], dir.path());
+    println!("{out}");
+
+    // The full rule (annotations included) is valid too.
+    std::fs::write(dir.path().join("full.yaml"), serde_yaml::to_string(&serde_json::json!({"groups": build::rule_groups(&app)})).unwrap()).unwrap();
+    promtool(&["check", "rules", "full.yaml"], dir.path());
 }

@@ -61,13 +61,15 @@ if [[ ! -x "$BIN/etcd" ]]; then
   ln -sf "$found" "$BIN/etcd"
 fi
 
-CRD="$DIR/crds/monitoring.coreos.com_servicemonitors.yaml"
-if [[ ! -s "$CRD" ]]; then
-  log "fetching the ServiceMonitor CRD from prometheus-operator $PROM_OPERATOR_VERSION"
-  mkdir -p "$DIR/crds"
-  moddir="$(cd "$DIR" && GOFLAGS=-mod=mod go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
-  cp "$moddir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$CRD"
-  chmod u+w "$CRD"
-fi
+for kind in servicemonitors prometheusrules; do
+  CRD="$DIR/crds/monitoring.coreos.com_$kind.yaml"
+  if [[ ! -s "$CRD" ]]; then
+    log "fetching the $kind CRD from prometheus-operator $PROM_OPERATOR_VERSION"
+    mkdir -p "$DIR/crds"
+    moddir="$(cd "$DIR" && GOFLAGS=-mod=mod go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    cp "$moddir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$CRD"
+    chmod u+w "$CRD"
+  fi
+done
 
 echo "$BIN"

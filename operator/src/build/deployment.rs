@@ -63,7 +63,7 @@ pub fn deployment(app: &LlmApplication, model: &ModelConfig) -> Deployment {
         name: "server".into(),
         image: Some(image_for(app, Some(model))),
         command: Some(vec!["llmserve-server".into()]),
-        args: Some(server_args(model, &model_arg)),
+        args: Some(server_args(model, &model_arg, app.spec.engine_metrics(model))),
         ports: Some(vec![ContainerPort {
             name: Some(HTTP_PORT_NAME.into()),
             container_port: HTTP_PORT,
@@ -130,7 +130,7 @@ pub fn deployment(app: &LlmApplication, model: &ModelConfig) -> Deployment {
 }
 
 /// `llmserve-server` flags for a model; vLLM's flag names, one per `engineKwargs` key.
-pub fn server_args(model: &ModelConfig, model_arg: &str) -> Vec<String> {
+pub fn server_args(model: &ModelConfig, model_arg: &str, engine_metrics: bool) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--model".into(),
         model_arg.into(),
@@ -188,7 +188,7 @@ pub fn server_args(model: &ModelConfig, model_arg: &str) -> Vec<String> {
     if model.engine_kwargs.as_ref().and_then(|k| k.enable_prefix_caching) == Some(true) {
         a.push("--enable-prefix-caching".into());
     }
-    if !model.log_engine_metrics {
+    if !engine_metrics {
         a.push("--disable-engine-metrics".into());
     }
     a

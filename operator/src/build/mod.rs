@@ -3,6 +3,7 @@
 
 mod deployment;
 mod hpa;
+mod prometheus_rule;
 mod router;
 mod service;
 mod service_monitor;
@@ -22,7 +23,8 @@ pub use deployment::deployment;
 pub use hpa::{hpa, quantity_from_f64};
 pub use router::{router_deployment, router_role, router_role_binding, router_service, router_service_account, router_url};
 pub use service::service;
-pub use service_monitor::{SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor, service_monitor_resource};
+pub use prometheus_rule::{PROMETHEUS_RULE_KIND, RUNBOOK_BASE, alerts, prometheus_rule, prometheus_rule_name, prometheus_rule_resource, rule_groups};
+pub use service_monitor::{APP_SERIES_LABEL, SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor, service_monitor_resource};
 
 /// Port the serving container listens on for OpenAI routes, `/health` and `/metrics`.
 pub const HTTP_PORT: i32 = 8000;

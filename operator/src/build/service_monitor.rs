@@ -13,6 +13,10 @@ pub const SERVICE_MONITOR_API_VERSION: &str = "monitoring.coreos.com/v1";
 /// `ServiceMonitor`.
 pub const SERVICE_MONITOR_KIND: &str = "ServiceMonitor";
 
+/// The series label that carries the application's name (from the Service's
+/// `app.kubernetes.io/instance`), as the dashboards expect it.
+pub const APP_SERIES_LABEL: &str = "llmserve_app";
+
 /// The API resource of ServiceMonitors.
 pub fn service_monitor_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -42,6 +46,12 @@ pub fn service_monitor(app: &LlmApplication, model: Option<&ModelConfig>) -> Dyn
                 "path": "/metrics",
                 "interval": "15s",
                 "scrapeTimeout": "10s",
+                // The application as a series label, which the dashboards filter on.
+                "relabelings": [{
+                    "action": "replace",
+                    "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+                    "targetLabel": APP_SERIES_LABEL,
+                }],
             }],
         }
     });

@@ -17,6 +17,11 @@ pub async fn install_service_monitor_crd(client: &Client) {
     llmserve_test_support::control_plane::install_monitoring_crd(client, "servicemonitors").await
 }
 
+/// Installs prometheus-operator's PrometheusRule CRD.
+pub async fn install_prometheus_rule_crd(client: &Client) {
+    llmserve_test_support::control_plane::install_monitoring_crd(client, "prometheusrules").await
+}
+
 /// The controller running in this process, watching one namespace; stops when dropped.
 pub struct RunningController {
     handle: tokio::task::JoinHandle<()>,
