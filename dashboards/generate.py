@@ -2,7 +2,7 @@
 """Writes llmserve's Grafana dashboards (classic JSON model) and the ConfigMaps that ship them.
 
 The panels are declared here once, as data; `dashboards/*.json` are generated from them and
-`dashboards/configmaps.yaml` from those files. `--check` fails when a checked-in file differs from
+`dashboards/configmaps.yaml` and the Helm chart's copies from those files. `--check` fails when a checked-in file differs from
 what this script writes (the test suite runs it).
 
     python3 dashboards/generate.py          # write
@@ -282,10 +282,18 @@ data:
     return "\n".join(docs) + "\n"
 
 
+CHART = HERE.parent / "charts" / "llmserve"
+
+
 def rendered():
+    """Every generated file: the dashboards, their ConfigMaps, and the Helm chart's copies of the
+    dashboards and the static alert rules (a chart can only read files inside itself)."""
     files = {name: json.dumps(d, indent=2) + "\n" for name, d in DASHBOARDS.items()}
     out = {HERE / name: text for name, text in files.items()}
     out[HERE / "configmaps.yaml"] = configmaps(files)
+    for name, text in files.items():
+        out[CHART / "dashboards" / name] = text
+    out[CHART / "rules" / "llmserve.rules.yaml"] = (HERE / "rules" / "llmserve.rules.yaml").read_text()
     return out
 
 
@@ -306,8 +314,9 @@ def main():
     for path, text in rendered().items():
         if args.check:
             if not path.exists() or path.read_text() != text:
-                stale.append(path.name)
+                stale.append(str(path.relative_to(HERE.parent)))
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
         print(f"stale: {', '.join(stale)}; run python3 dashboards/generate.py", file=sys.stderr)

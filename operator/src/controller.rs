@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
@@ -33,6 +33,9 @@ use crate::MANAGER;
 /// Field manager that sets only the initial replica count of an autoscaled Deployment, so the
 /// main manager can leave `spec.replicas` to the HPA without it falling back to the default.
 pub const INITIAL_REPLICAS_MANAGER: &str = "llmserve-operator-initial-replicas";
+/// How long a shutdown waits for running reconciles.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// How often a healthy application is looked at again without any change.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
@@ -454,17 +457,28 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream(primary, reader)
+    let shutdown = shutdown.shared();
+    let running = Controller::for_stream(primary, reader)
         .with_config(controller::Config::default().concurrency(concurrency))
         .owns(deps, owned.clone())
         .owns(svcs, owned.clone())
         .owns(hpas, owned)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile round");
             }
-        })
-        .await;
+        });
+    // The controller holds its reconciles until the application cache has been listed once; if
+    // that never happens (no permission to list), a graceful shutdown would wait forever.
+    let hard_stop = async move {
+        shutdown.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!(grace_seconds = SHUTDOWN_GRACE.as_secs(), "reconciles did not finish in the grace period; stopping anyway");
+    };
+    tokio::select! {
+        _ = running => {}
+        _ = hard_stop => {}
+    }
 }

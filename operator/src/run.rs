@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, env = "LLMSERVE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
     /// Collect usage data (see README); `LLMSERVE_USAGE_STATS_ENABLED=0` turns it off too.
-    #[arg(long, env = "LLMSERVE_USAGE_STATS_ENABLED", default_value = "true", value_parser = parse_bool)]
+    #[arg(long, env = "LLMSERVE_USAGE_STATS_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub usage_stats: bool,
     /// Where to POST the usage report; nothing is sent when unset.
     #[arg(long, env = "LLMSERVE_USAGE_REPORT_URL")]

@@ -109,6 +109,12 @@ class Prometheus:
         self.proc = Proc("prometheus", [exe, f"--config.file={path}", f"--storage.tsdb.path={self.dir}/data",
                                         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], port, health="/-/ready")
         self.url = self.proc.url
+        # Prometheus applies new targets at most every 5 s; wait for every target's first scrape.
+        deadline = time.time() + 30
+        while set(self.targets_up()) != {job for job, _, _ in targets} or "unknown" in self.targets_up().values():
+            if time.time() > deadline:
+                raise TimeoutError(f"targets not scraped: {self.targets_up()}")
+            time.sleep(0.2)
 
     def query(self, expr):
         q = urllib.parse.urlencode({"query": expr})
@@ -117,6 +123,10 @@ class Prometheus:
         except urllib.error.HTTPError as e:
             return {"status": "error", "error": e.read().decode()}
         return json.loads(body)
+
+    def query_at(self, expr, t):
+        q = urllib.parse.urlencode({"query": expr, "time": f"{t:.3f}"})
+        return json.loads(get(f"{self.url}/api/v1/query?{q}", timeout=30)[1])
 
     def label_values(self, label, match):
         q = urllib.parse.urlencode({"match[]": match})
