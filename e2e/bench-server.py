@@ -1,9 +1,11 @@
 """Server benchmark: concurrent streaming clients against llmserve-server on stories260k (CPU).
 
 Reports output tokens/s, TTFT and TPOT p50/p99 at concurrency 1, 8 and 32, with engine metrics on
-and off (their ratio is the cost of metrics), all in one run on one machine.
+and off (their ratio is the cost of metrics), all in one run on one machine; with --hf-python,
+also Hugging Face transformers on CPU generating from the same model and prompts (e2e/hf_baseline.py,
+batch sizes 1, 8, 32), the baseline.
 
-    ~/.cache/llmserve/venv/bin/python e2e/bench-server.py [--seconds 10]
+    ~/.cache/llmserve/venv/bin/python e2e/bench-server.py [--seconds 10] [--hf-python ~/.cache/llmserve/venv-hf/bin/python]
 """
 
 import argparse
@@ -87,6 +89,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--hf-python", help="Python with torch and transformers: also run the transformers baseline")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; {args.seconds:.0f} s per row, {args.max_tokens} tokens per request\n")
     print("| engine metrics | concurrency | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | TPOT p99 (ms) |")
@@ -106,6 +109,17 @@ def main():
     print()
     for c in (1, 8, 32):
         print(f"concurrency {c}: throughput with metrics off / on = {results[('off', c)] / results[('on', c)]:.3f}")
+    if args.hf_python:
+        print("\nHugging Face transformers, CPU, same model and prompts (batched generate):\n")
+        print("| batch | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | TPOT p99 (ms) | llmserve on / transformers |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        out = subprocess.run([args.hf_python, str(ROOT / "e2e/hf_baseline.py"), str(MODEL), str(args.seconds), str(args.max_tokens)],
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            r = __import__("json").loads(line)
+            ratio = results[("on", r["batch"])] / r["tok_s"]
+            print(f"| {r['batch']} | {r['tok_s']:.0f} | {r['ttft_p50']*1e3:.1f} | {r['ttft_p99']*1e3:.1f} | {r['tpot_p50']*1e3:.2f} | {r['tpot_p99']*1e3:.2f} | {ratio:.1f}x |", flush=True)
+        print(f"\n(torch {r['torch']}, {r['threads']} threads)")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry, &models)?;
     let synced = Arc::new(AtomicBool::new(targets.is_empty()));
+    // One TLS provider for the process (the workspace's reqwest and kube are built without one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if !targets.is_empty() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("--backend-service needs the Kubernetes API: {e}"))?;
         let namespace = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
         tokio::spawn(discovery::run(client, namespace, targets, args.endpoint_port.clone(), pool.clone(), synced.clone()));

@@ -7,10 +7,17 @@ use std::path::PathBuf;
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "llmserve-server", version, about = "Serves a Hugging Face Llama or Qwen2 model with OpenAI routes and vLLM-compatible metrics")]
 pub struct Args {
-    /// Model directory (config.json, *.safetensors, tokenizer.json).
+    /// Model directory (config.json, *.safetensors, tokenizer.json), or a Hugging Face repo id
+    /// (downloaded into the Hugging Face cache: `HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`).
     #[arg(long, env = "LLMSERVE_MODEL")]
     pub model: String,
-    /// The id clients send as `model`; defaults to the directory's name.
+    /// Revision of a Hugging Face repo id: branch, tag or commit.
+    #[arg(long, env = "LLMSERVE_REVISION", default_value = "main")]
+    pub revision: String,
+    /// The local directory `--model` resolved to (set at start).
+    #[arg(skip)]
+    pub model_path: Option<PathBuf>,
+    /// The id clients send as `model`; defaults to the repo id, or the directory's name.
     #[arg(long, env = "LLMSERVE_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
     /// Address to listen on.
@@ -37,10 +44,11 @@ pub struct Args {
     /// Tokens per KV-cache block.
     #[arg(long, env = "LLMSERVE_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
-    /// Bytes for the KV cache.
-    #[arg(long, env = "LLMSERVE_KV_CACHE_BYTES", default_value_t = 256 << 20)]
-    pub kv_cache_bytes: usize,
-    /// Fraction of GPU memory to use (accepted for vLLM compatibility; the cache is sized by `--kv-cache-bytes`).
+    /// Bytes for the KV cache; default 256 MiB on CPU, and on CUDA what
+    /// `--gpu-memory-utilization` leaves after the weights and the activations.
+    #[arg(long, env = "LLMSERVE_KV_CACHE_BYTES")]
+    pub kv_cache_bytes: Option<usize>,
+    /// Fraction of the GPU's memory the process may use (weights, activations, KV cache).
     #[arg(long, env = "LLMSERVE_GPU_MEMORY_UTILIZATION", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
     /// GPUs to shard over; only 1 is supported.
@@ -73,15 +81,25 @@ pub struct Args {
 }
 
 impl Args {
-    /// The model directory; only local directories are supported so far.
+    /// The model directory: what `--model` resolved to at start, or `--model` itself.
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
-        let p = PathBuf::from(&self.model);
+        let p = self.model_path.clone().unwrap_or_else(|| PathBuf::from(&self.model));
         if p.join("config.json").is_file() {
             return Ok(p);
         }
-        anyhow::bail!(
-            "--model {:?} is not a model directory (no config.json there); downloading from the Hugging Face Hub is not implemented yet: download the model and pass its directory",
-            self.model
-        )
+        anyhow::bail!("--model {:?} is not a model directory (no config.json there)", self.model)
+    }
+
+    /// The served model id: `--served-model-name`, else `--model` as given when it is a repo id,
+    /// else the directory's name.
+    pub fn served_name(&self) -> String {
+        if let Some(n) = &self.served_model_name {
+            return n.clone();
+        }
+        let given = PathBuf::from(&self.model);
+        if self.model_path.as_ref().is_some_and(|p| *p != given) {
+            return self.model.clone();
+        }
+        given.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     }
 }

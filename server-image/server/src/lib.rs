@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod args;
+pub mod gpu;
 pub mod http_metrics;
+pub mod hub;
 pub mod serve;
 pub mod state;

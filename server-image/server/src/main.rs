@@ -6,15 +6,20 @@ use std::os::unix::process::CommandExt;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let args = llmserve_server::args::Args::parse();
+    let mut args = llmserve_server::args::Args::parse();
+    llmserve_server::serve::init_tracing(&args.log_format);
+    // A repo id becomes a directory in the Hugging Face cache (downloaded once; the re-executed
+    // process below finds it there).
+    let dir = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(llmserve_server::hub::resolve(&args.model, &args.revision))?;
+    args.model_path = Some(dir);
     if let Some(n) = llmserve_server::serve::cpu_threads_to_set(&args)? {
-        // Same process id, same arguments, before any thread exists: only the variable changes.
+        // Same process id, same arguments, before candle's thread pool exists: only the variable
+        // changes (the download above is cached by then).
         let err = std::process::Command::new(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
             .env("RAYON_NUM_THREADS", n.to_string())
             .exec();
         return Err(anyhow::anyhow!("re-executing with RAYON_NUM_THREADS={n} failed: {err}"));
     }
-    llmserve_server::serve::init_tracing(&args.log_format);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(llmserve_server::serve::run(args))
 }

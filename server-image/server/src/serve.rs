@@ -43,6 +43,18 @@ fn dtype(args: &Args, cfg: &ModelConfig, device: &Device) -> DType {
     }
 }
 
+/// KV-cache bytes on CPU when `--kv-cache-bytes` is not given.
+pub const DEFAULT_CPU_KV_CACHE_BYTES: usize = 256 << 20;
+
+/// Memory a step's activations may take on the GPU, kept out of the KV cache: the hidden states
+/// of a full token budget through the widest layer, the logits of a full batch, and 256 MiB for
+/// the CUDA libraries' workspaces.
+fn activation_reserve(cfg: &ModelConfig, args: &Args, dtype: DType) -> usize {
+    let tokens = args.max_num_batched_tokens.max(args.max_model_len.unwrap_or(0));
+    let width = cfg.hidden_size * 4 + cfg.intermediate_size * 3;
+    tokens * width * dtype.size_in_bytes() + args.max_num_seqs * cfg.vocab_size * 4 + (256 << 20)
+}
+
 /// Weights under this size run on one CPU thread when `--cpu-threads auto`.
 pub const SMALL_MODEL_BYTES: u64 = 64 << 20;
 
@@ -83,14 +95,27 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let tokenizer = Arc::new(Tokenizer::load(&dir)?);
     let generation = GenerationConfig::load(&dir)?;
     let per_block = llmserve_engine::model::KvCache::bytes_per_block(&cfg, args.block_size, dtype);
-    let num_blocks = (args.kv_cache_bytes / per_block.max(1)).max(1);
+    let kv_bytes = match (args.kv_cache_bytes, crate::gpu::mem_info(&device)) {
+        (Some(b), _) => b,
+        (None, Some((free, total))) => {
+            let budget = crate::gpu::kv_cache_budget(free, total, args.gpu_memory_utilization, activation_reserve(&cfg, args, dtype));
+            tracing::info!(free_bytes = free, total_bytes = total, utilization = args.gpu_memory_utilization, kv_cache_bytes = budget, "sized the KV cache from GPU memory");
+            budget
+        }
+        (None, None) => DEFAULT_CPU_KV_CACHE_BYTES,
+    };
+    let num_blocks = (kv_bytes / per_block.max(1)).max(1);
     let mut cache = model.new_cache(num_blocks, args.block_size)?;
     cache.blocks.set_prefix_caching(args.enable_prefix_caching);
     let metrics = if args.disable_engine_metrics {
         None
     } else {
         let info = CacheInfo { block_size: args.block_size, num_blocks, prefix_caching: args.enable_prefix_caching, cache_dtype: format!("{dtype:?}").to_lowercase() };
-        Some(EngineMetrics::register(&state.registry, &state.model_id, state.max_model_len, &info)?)
+        let m = EngineMetrics::register(&state.registry, &state.model_id, state.max_model_len, &info)?;
+        if !device.is_cpu() {
+            crate::gpu::watch(device.clone(), &state.registry, &state.model_id)?;
+        }
+        Some(m)
     };
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
@@ -116,7 +141,7 @@ pub fn state(args: &Args) -> anyhow::Result<AppState> {
     let dir = args.model_dir()?;
     let cfg = ModelConfig::load(&dir)?;
     let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings).min(cfg.max_position_embeddings);
-    let id = args.served_model_name.clone().unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
+    let id = args.served_name();
     Ok(AppState::new(id, max_model_len, args.max_body_bytes, prometheus::Registry::new()))
 }
 

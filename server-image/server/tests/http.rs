@@ -296,7 +296,7 @@ async fn disabled_engine_metrics_leave_only_service_metrics() {
 async fn metric_names_match_the_catalogue() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../metrics-catalogue.txt");
     let catalogue: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
-    let mut ours: Vec<String> = llmserve_engine::metrics::ENGINE_FAMILIES.iter().chain(llmserve_server::http_metrics::HTTP_FAMILIES).map(|s| s.to_string()).collect();
+    let mut ours: Vec<String> = llmserve_engine::metrics::ENGINE_FAMILIES.iter().chain(llmserve_server::http_metrics::HTTP_FAMILIES).chain(llmserve_server::gpu::GPU_FAMILIES).map(|s| s.to_string()).collect();
     ours.sort();
     let mut cat = catalogue.clone();
     cat.sort();
@@ -304,8 +304,11 @@ async fn metric_names_match_the_catalogue() {
     let (_, app) = loaded(&[]);
     json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 2}))).await;
     let m = metrics_text(&app).await;
-    for name in &catalogue {
+    for name in catalogue.iter().filter(|n| !llmserve_server::gpu::GPU_FAMILIES.contains(&n.as_str())) {
         assert!(m.contains(&format!("# TYPE {name} ")), "{name} is not exported");
+    }
+    for name in llmserve_server::gpu::GPU_FAMILIES {
+        assert!(!m.contains(name), "{name} is for CUDA devices only");
     }
 }
 

@@ -1,0 +1,119 @@
+"""`--model` as a Hugging Face repo id, against a stand-in Hub on loopback that speaks the Hub's
+file protocol (`GET /{repo}/resolve/{revision}/{file}` with Range requests, `x-repo-commit` and
+`etag` headers). The server downloads stories260k into a fresh HF_HOME, serves it under the repo
+id, and answers like the local directory; a Hub it cannot reach gives one clear error."""
+
+import hashlib
+import http.server
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from test_openai_client import BIN, MODEL, free_port, reference
+
+REPO = "llmserve-test/stories260k"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Hub(http.server.ThreadingHTTPServer):
+    def __init__(self):
+        self.requests = []
+        super().__init__(("127.0.0.1", 0), HubHandler)
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        prefix = f"/{REPO}/resolve/main/"
+        path = MODEL / self.path[len(prefix):] if self.path.startswith(prefix) else None
+        if path is None or not path.is_file() or "/" in self.path[len(prefix):]:
+            self.send_response(404)
+            self.send_header("x-error-code", "EntryNotFound")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        start, end = 0, len(data) - 1
+        if rng := self.headers.get("Range"):
+            a, b = rng.removeprefix("bytes=").split("-")
+            start, end = int(a), min(int(b or end), len(data) - 1)
+        self.send_response(206 if self.headers.get("Range") else 200)
+        self.send_header("x-repo-commit", COMMIT)
+        self.send_header("etag", '"' + hashlib.sha256(data).hexdigest() + '"')
+        self.send_header("content-range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("content-length", str(end - start + 1))
+        self.end_headers()
+        self.wfile.write(data[start:end + 1])
+
+
+def serve(env, *extra):
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="llmserve-hub-", suffix=".log", delete=False)
+    proc = subprocess.Popen([BIN, "--model", REPO, "--port", str(port), "--log-format", "text", *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    return proc, port, Path(log.name)
+
+
+def wait_healthy(proc, port, log):
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+        assert proc.poll() is None, log.read_text()
+    raise TimeoutError(log.read_text())
+
+
+def test_a_repo_id_is_downloaded_with_progress_and_served_under_its_id():
+    hub = Hub()
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    home = tempfile.mkdtemp(prefix="llmserve-hf-home-")
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}", "HF_HOME": home}
+    proc, port, log = serve(env)
+    try:
+        wait_healthy(proc, port, log)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == [REPO]
+        out = client.completions.create(model=REPO, prompt="Once upon a time", max_tokens=8, temperature=0)
+        assert out.choices[0].text and out.usage.completion_tokens == 8
+        text = log.read_text()
+        assert "downloading" in text and "downloaded" in text and "model.safetensors" in text, text
+        snapshot = Path(home) / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+        assert (snapshot / "config.json").is_file() and (snapshot / "model.safetensors").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    # Cached: a second start needs no Hub at all.
+    hub.shutdown()
+    proc, port, log = serve({**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    try:
+        wait_healthy(proc, port, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_an_unreachable_hub_is_one_clear_error():
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": tempfile.mkdtemp()}
+    proc, _, log = serve(env)
+    assert proc.wait(timeout=60) != 0
+    text = log.read_text()
+    assert f"downloading config.json of {REPO} (revision main)" in text, text
+    assert "pass its directory to --model" in text, text
+
+
+def test_a_path_that_is_not_a_model_is_refused():
+    proc = subprocess.run([BIN, "--model", "/nonexistent/model"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "neither a model directory" in proc.stderr, proc.stderr
