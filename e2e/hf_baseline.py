@@ -22,7 +22,7 @@ tok = AutoTokenizer.from_pretrained(model_dir)
 tok.padding_side = "left"
 if tok.pad_token is None:
     tok.pad_token = tok.unk_token or tok.eos_token
-model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 torch.manual_seed(0)
 
 

