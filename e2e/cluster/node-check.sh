@@ -172,3 +172,42 @@ else
   echo "node-check: the pod did not start; see above" >&2
   exit 1
 fi
+
+# === the serving image: llmserve-server and stories260k, answering from a pod ===
+(cd "$ROOT" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llmserve/target}" cargo build --release --locked -q -p llmserve-server --bin llmserve-server)
+server="${CARGO_TARGET_DIR:-$HOME/.cache/llmserve/target}/release/llmserve-server"
+model="$ROOT/../shared/models/stories260k"
+files=(--file "/usr/local/bin/llmserve-server=$server")
+for lib in $(ldd "$server" | grep -o '/[^ ]*'); do files+=(--file "$lib=$lib"); done
+for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json; do
+  files+=(--file "/models/stories260k/$f=$model/$f")
+done
+python3 "$ROOT/e2e/cluster/oci.py" "$W/server.tar" llmserve.dev/llmserve-server:dev --entrypoint /usr/local/bin/llmserve-server "${files[@]}" >&2
+"$B/ctr" --address "$W/containerd.sock" -n k8s.io images import "$W/server.tar" >/dev/null
+"$K" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: server-check}
+spec:
+  nodeName: llmserve-node
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: server
+      image: llmserve.dev/llmserve-server:dev
+      imagePullPolicy: Never
+      args: [--model, /models/stories260k, --host, 0.0.0.0, --port, "8000", --log-format, text]
+      readinessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 1}
+      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+YAML
+if "$K" wait --for=condition=Ready pod/server-check --timeout=120s >&2; then
+  ip="$("$K" get pod server-check -o jsonpath='{.status.podIP}')"
+  curl -fsS "http://$ip:8000/v1/completions" -H 'content-type: application/json' \
+    -d '{"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}'
+  echo
+  echo "node-check: llmserve-server answers from pod $ip"
+else
+  "$K" describe pod server-check | tail -8
+  "$K" logs server-check 2>&1 | tail -5
+  exit 1
+fi

@@ -38,9 +38,10 @@ def layer(files):
                     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                     t.addfile(info, p.open("rb") if p.is_file() else None)
                 continue
-            info = t.gettarinfo(str(src), "/".join(parts))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             with src.open("rb") as f:
+                # From the open file: a symlink on the host becomes the file it points to.
+                info = t.gettarinfo(arcname="/".join(parts), fileobj=f)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 t.addfile(info, f)
     return buf.getvalue()
 
