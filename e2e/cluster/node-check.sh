@@ -3,8 +3,10 @@
 # containerd and runc runs pods on this machine. As root: builds what it needs (e2e/cluster/build.sh,
 # Debian's runc and CNI plugins), starts etcd + kube-apiserver (the test harness), containerd 2.x
 # and a kubelet on a CNI bridge, imports a pause image written without a container engine
-# (e2e/cluster/oci.py), runs one pod, prints what happened, and tears everything down (also on
-# failure): processes, mounts, network namespaces, the bridge, kubelet's iptables chains.
+# (e2e/cluster/oci.py), runs a pause pod and then the serving image from a Deployment (scheduler
+# and controller-manager in the loop), sends it an OpenAI completion over the pod network, and
+# tears everything down (also on failure): processes, mounts, network namespaces, the bridge,
+# kubelet's iptables chains.
 #
 #   sudo bash e2e/cluster/node-check.sh
 #
@@ -62,6 +64,16 @@ for _ in $(seq 120); do grep -q '^ready ' "$W/cp.out" 2>/dev/null && break; slee
 KUBECONFIG="$(sed -n 's/^ready //p' "$W/cp.out")"; export KUBECONFIG
 [[ -n "$KUBECONFIG" ]] || { echo "control plane did not start" >&2; exit 1; }
 K="$CP_BIN/kubectl"
+
+# === scheduler and controller-manager (Deployments, ReplicaSets, scheduling) ===
+"$B/kube-scheduler" --kubeconfig "$KUBECONFIG" --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
+  --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false > "$W/kube-scheduler.log" 2>&1 &
+pids+=($!)
+"$B/kube-controller-manager" --kubeconfig "$KUBECONFIG" --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
+  --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --use-service-account-credentials=false \
+  --service-account-private-key-file "$W/cp/pki/sa.key" --root-ca-file "$W/cp/pki/ca.crt" \
+  --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route' > "$W/kube-controller-manager.log" 2>&1 &
+pids+=($!)
 
 # === containerd (CRI), its runc and CNI ===
 mkdir -p "$W/net.d"
@@ -185,29 +197,34 @@ done
 python3 "$ROOT/e2e/cluster/oci.py" "$W/server.tar" llmserve.dev/llmserve-server:dev --entrypoint /usr/local/bin/llmserve-server "${files[@]}" >&2
 "$B/ctr" --address "$W/containerd.sock" -n k8s.io images import "$W/server.tar" >/dev/null
 "$K" apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Pod
+apiVersion: apps/v1
+kind: Deployment
 metadata: {name: server-check}
 spec:
-  nodeName: llmserve-node
-  automountServiceAccountToken: false
-  securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
-  containers:
-    - name: server
-      image: llmserve.dev/llmserve-server:dev
-      imagePullPolicy: Never
-      args: [--model, /models/stories260k, --host, 0.0.0.0, --port, "8000", --log-format, text]
-      readinessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 1}
-      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+  replicas: 1
+  selector: {matchLabels: {app: server-check}}
+  template:
+    metadata: {labels: {app: server-check}}
+    spec:
+      automountServiceAccountToken: false
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: server
+          image: llmserve.dev/llmserve-server:dev
+          imagePullPolicy: Never
+          args: [--model, /models/stories260k, --host, 0.0.0.0, --port, "8000", --log-format, text]
+          readinessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 1}
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
 YAML
-if "$K" wait --for=condition=Ready pod/server-check --timeout=120s >&2; then
-  ip="$("$K" get pod server-check -o jsonpath='{.status.podIP}')"
+if "$K" rollout status deployment/server-check --timeout=60s >&2; then
+  ip="$("$K" get pod -l app=server-check -o jsonpath='{.items[0].status.podIP}')"
   curl -fsS "http://$ip:8000/v1/completions" -H 'content-type: application/json' \
     -d '{"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}'
   echo
-  echo "node-check: llmserve-server answers from pod $ip"
+  echo "node-check: llmserve-server, scheduled from a Deployment, answers from pod $ip"
 else
-  "$K" describe pod server-check | tail -8
-  "$K" logs server-check 2>&1 | tail -5
+  "$K" get deploy,rs,pods -o wide
+  "$K" get events --sort-by=.lastTimestamp | tail -8
+  tail -n 5 "$W/kube-controller-manager.log"; grep -v "^I.*reflector\|Watch close" "$W/kube-scheduler.log" | tail -n 25
   exit 1
 fi
