@@ -169,18 +169,29 @@ impl BlockManager {
         out
     }
 
-    /// Registers the whole blocks of `table` that the first `computed` of `tokens` fill.
-    pub fn register(&mut self, table: &[u32], tokens: &[u32], computed: usize) {
-        if !self.prefix_caching {
+    /// Registers the whole blocks of `table` that `tokens[..computed]` fills and `tokens[..from]`
+    /// (what was computed before) did not: each step only looks at the blocks it completed.
+    pub fn register(&mut self, table: &[u32], tokens: &[u32], from: usize, computed: usize) {
+        let (first, end) = (from / self.block_size, computed.min(tokens.len()) / self.block_size);
+        if !self.prefix_caching || first >= end {
             return;
         }
-        let mut parent = ROOT;
-        for (i, chunk) in tokens[..computed.min(tokens.len())].chunks_exact(self.block_size).enumerate() {
+        // The chain goes on from the block before, which was registered when it filled; if it
+        // was not (another block held its prefix), the chain stopped there.
+        let mut parent = match first.checked_sub(1) {
+            None => ROOT,
+            Some(prev) => match &self.registered[table[prev] as usize] {
+                Some(r) => r.hash,
+                None => return,
+            },
+        };
+        for i in first..end {
             let b = table[i] as usize;
             if let Some(r) = &self.registered[b] {
                 parent = r.hash;
                 continue;
             }
+            let chunk = &tokens[i * self.block_size..(i + 1) * self.block_size];
             let hash = chain(parent, chunk);
             if self.by_hash.contains_key(&hash) {
                 return; // another block holds this prefix; the chain goes on from that one only
@@ -226,7 +237,7 @@ mod tests {
         let mut a = Vec::new();
         assert!(bm.take_prefix(&prompt, 4).is_empty(), "nothing cached yet");
         bm.grow(&mut a, 5).unwrap();
-        bm.register(&a, &prompt, 5);
+        bm.register(&a, &prompt, 0, 5);
         // The same prompt finds the two whole blocks (the fifth token is computed again).
         let mut b = bm.take_prefix(&prompt, 4);
         assert_eq!(b, a[..2]);
@@ -254,11 +265,26 @@ mod tests {
     }
 
     #[test]
+    fn registering_step_by_step_builds_the_same_chain() {
+        let mut bm = BlockManager::new(8, 2);
+        bm.set_prefix_caching(true);
+        let tokens = [1, 2, 3, 4, 5, 6, 7];
+        let mut a = Vec::new();
+        bm.grow(&mut a, 7).unwrap();
+        // A prefill chunk of three tokens, then one decode token at a time.
+        for (from, to) in [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)] {
+            bm.register(&a, &tokens, from, to);
+        }
+        assert_eq!(bm.take_prefix(&tokens, 6), a[..3], "three whole blocks, chained");
+        assert_eq!(bm.take_prefix(&[1, 2, 9, 4, 5, 6], 6), a[..1], "a different second block breaks the chain");
+    }
+
+    #[test]
     fn without_prefix_caching_nothing_is_registered() {
         let mut bm = BlockManager::new(4, 2);
         let mut a = Vec::new();
         bm.grow(&mut a, 4).unwrap();
-        bm.register(&a, &[1, 2, 3, 4], 4);
+        bm.register(&a, &[1, 2, 3, 4], 0, 4);
         assert!(bm.take_prefix(&[1, 2, 3, 4], 4).is_empty());
     }
 }

@@ -195,8 +195,8 @@ impl Scheduler {
     /// prefix caching).
     pub fn computed(&mut self, key: u64, computed: usize, blocks: &mut BlockManager) {
         if let Some(s) = self.seqs.get_mut(&key) {
+            blocks.register(&s.block_table, &s.tokens, s.computed, computed);
             s.computed = computed;
-            blocks.register(&s.block_table, &s.tokens, computed);
         }
     }
 
