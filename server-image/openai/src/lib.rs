@@ -91,6 +91,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The Prometheus text exposition of `registry`, as `/metrics` answers it.
+pub fn metrics_response(registry: &prometheus::Registry) -> Response {
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf) {
+        return ApiError::internal(format!("encoding metrics failed: {e}")).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], buf).into_response()
+}
+
 /// `2xx`, `4xx` ... of a status code: the bounded label every HTTP metric uses.
 pub fn status_class(code: u16) -> &'static str {
     match code {

@@ -85,9 +85,5 @@ async fn metrics(State(state): State<AppState>) -> Response {
     for m in state.pool.models() {
         state.metrics.ready_replicas.with_label_values(&[m]).set(state.pool.replicas(m).len() as i64);
     }
-    let mut buf = Vec::new();
-    if let Err(e) = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &state.registry.gather(), &mut buf) {
-        return ApiError::internal(format!("encoding metrics failed: {e}")).into_response();
-    }
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], buf).into_response()
+    llmserve_openai::metrics_response(&state.registry)
 }

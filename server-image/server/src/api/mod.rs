@@ -48,12 +48,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut buf = Vec::new();
-    let enc = prometheus::TextEncoder::new();
-    if let Err(e) = prometheus::Encoder::encode(&enc, &state.registry.gather(), &mut buf) {
-        return error::ApiError::internal(format!("encoding metrics failed: {e}")).into_response();
-    }
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], buf).into_response()
+    llmserve_openai::metrics_response(&state.registry)
 }
 
 /// Records requests by route template and status class, in-flight requests, and the duration
