@@ -27,9 +27,13 @@ NS = "llmserve-system"
 MONITORING = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
 
 
-def helm(*args):
+def helm_run(*args):
     exe = Path(subprocess.run(["bash", str(ROOT / "tests/harness/helm.sh")], check=True, capture_output=True, text=True).stdout.strip()) / "helm"
-    r = subprocess.run([str(exe), *args], capture_output=True, text=True)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True)
+
+
+def helm(*args):
+    r = helm_run(*args)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -61,8 +65,7 @@ def test_snapshot_of_the_default_render():
 
 
 def test_bad_values_are_refused_with_a_clear_message():
-    exe = Path(subprocess.run(["bash", str(ROOT / "tests/harness/helm.sh")], check=True, capture_output=True, text=True).stdout.strip()) / "helm"
-    r = subprocess.run([str(exe), "template", "x", str(CHART), "--set", "operator.concurrency=0"], capture_output=True, text=True)
+    r = helm_run("template", "x", str(CHART), "--set", "operator.concurrency=0")
     assert r.returncode != 0 and "/operator/concurrency" in r.stderr, r.stderr
 
 
@@ -136,10 +139,10 @@ def sa_kubeconfig(cp, sa):
     return str(path)
 
 
-def operator_args(rendered, port, leader_election=True):
+def operator_args(rendered, leader_election=True):
+    """The operator's flags from the rendered Deployment (run_operator picks the metrics port)."""
     dep = next(d for d in docs(rendered) if d["kind"] == "Deployment")
-    args = [a for a in dep["spec"]["template"]["spec"]["containers"][0]["args"] if not a.startswith("--metrics-addr")]
-    args.append(f"--metrics-addr=127.0.0.1:{port}")
+    args = list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
     if not leader_election:
         args = [a for a in args if not a.startswith("--leader-election")] + ["--leader-election=false"]
     return args
@@ -203,7 +206,7 @@ def test_rbac_is_exactly_what_the_operator_needs(cluster):
     cp.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(rbac))
     kubeconfig = sa_kubeconfig(cp, "llmserve")
     log = tempfile.mktemp(prefix="llmserve-op-", suffix=".log")
-    proc, port = run_operator(cp, kubeconfig, operator_args(rendered, 0), log)
+    proc, port = run_operator(cp, kubeconfig, operator_args(rendered), log)
     try:
         err = scenario(cp, "rbac-full", log, timeout=60, proc=proc)
         assert err is None, f"{err}\n{Path(log).read_text()[-3000:]}"
@@ -226,7 +229,7 @@ def test_rbac_is_exactly_what_the_operator_needs(cluster):
             cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(cut))
             time.sleep(1)  # the authorizer's informer catches up
             log = tempfile.mktemp(prefix=f"llmserve-op-cut{i}-", suffix=".log")
-            proc, _ = run_operator(cp, kubeconfig, operator_args(rendered, 0, leader_election=False), log)
+            proc, _ = run_operator(cp, kubeconfig, operator_args(rendered, leader_election=False), log)
             try:
                 err = scenario(cp, f"rbac-cut-{i}", log, timeout=30, proc=proc)
             finally:
