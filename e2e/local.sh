@@ -1,11 +1,44 @@
 #!/usr/bin/env bash
-# The README's main job, with no cluster and no GPU at hand: builds llmserve-server and serves the
-# embedded default model (stories260k) on localhost with OpenAI routes and /metrics.
-# LLMSERVE_MODEL, LLMSERVE_PORT and every other server flag's variable override the defaults.
+# The README's main job, with no cluster and no GPU at hand.
+#
+# As root (the default on these machines): assembles a single-node Kubernetes here
+# (e2e/cluster/cluster.sh: kubelet, containerd, kube-proxy, Prometheus Operator, prometheus-adapter,
+# the llmserve chart), applies the example LlmApplication (stories260k, autoscaling 1..2), waits
+# until it is Ready and prints the OpenAI URL and the Prometheus URL. The cluster stays up;
+# `bash e2e/cluster/cluster.sh down` removes it.
+#
+# `bash e2e/local.sh --process` (or not root): builds llmserve-server and serves stories260k on
+# localhost with OpenAI routes and /metrics, in the foreground. LLMSERVE_MODEL, LLMSERVE_PORT and
+# every other server flag's variable override the defaults there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export LLMSERVE_CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LLMSERVE_CACHE/target}"
+
+if [[ "${1:-}" != --process && $EUID -eq 0 ]]; then
+  bash "$ROOT/e2e/cluster/cluster.sh" up
+  # shellcheck disable=SC1091
+  source "${LLMSERVE_CLUSTER_DIR:-/tmp/llmserve-cluster}/env"
+  "$K" apply -f "$ROOT/e2e/cluster/example-app.yaml"
+  echo "[local] waiting for the LlmApplication to be Ready" >&2
+  "$K" wait --for=condition=Ready llmapp/demo --timeout=300s >/dev/null
+  "$K" get llmapp demo
+  router="http://$("$K" get service demo-router -o jsonpath='{.spec.clusterIP}'):8000"
+  cat <<MSG
+
+The cluster is up with the example app (llmserve.dev/v1alpha1 LlmApplication "demo", stories260k).
+  OpenAI URL:      $router/v1
+  Prometheus URL:  $PROMETHEUS_URL
+Try:
+  curl -s $router/v1/completions -H 'content-type: application/json' \\
+    -d '{"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}'
+  curl -s '$PROMETHEUS_URL/api/v1/query?query=vllm:num_requests_running'
+  source $LLMSERVE_CLUSTER_DIR/env && \$K get llmapp,deploy,pods,hpa,servicemonitors
+Tear down: bash e2e/cluster/cluster.sh down
+MSG
+  exit 0
+fi
+[[ "${1:-}" == --process ]] && shift
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
 (cd "$ROOT" && cargo build --release --locked -p llmserve-server --bin llmserve-server)
 export LLMSERVE_MODEL="${LLMSERVE_MODEL:-$ROOT/../shared/models/stories260k}"

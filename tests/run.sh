@@ -48,8 +48,16 @@ cargo build --locked -p llmserve-server -p llmserve-router -p llmserve-operator
 export LLMSERVE_GRAFANA_SCHEMA="$(bash "$ROOT/tests/harness/grafana-schema.sh")"
 echo "[tests] helm: $(bash "$ROOT/tests/harness/helm.sh")" >&2
 
-# Last, so its summary line closes the run: the OpenAI client against the server; every
-# dashboard panel against a real Prometheus scraping real servers, router and operator; the
-# alert rules; the Helm chart against the real API server.
+# The OpenAI client against the server; every dashboard panel against a real Prometheus scraping
+# real servers, router and operator; the alert rules; the Helm chart against the real API server.
 LLMSERVE_SERVER_BIN="$CARGO_TARGET_DIR/debug/llmserve-server" "$VENV/bin/pytest" -q -rA \
   server-image/server/tests/python tests/observability tests/chart
+
+# The cluster end to end (e2e/cluster): a single-node Kubernetes assembled here from real
+# components, the chart installed, Ray's example app served, scraped, autoscaled and deleted.
+# It needs root (kubelet, containerd, kube-proxy); CI runs as root.
+if [[ $EUID -eq 0 ]]; then
+  python3 e2e/cluster/e2e.py
+else
+  echo "[tests] SKIPPED the cluster end to end: it needs root (sudo python3 e2e/cluster/e2e.py)" >&2
+fi
