@@ -148,6 +148,9 @@ up() {
     log "installing ${need[*]} from Debian"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+  # The kubelet taints a node short of disk (disk-pressure) and then nothing schedules: say so now.
+  local free_kb; free_kb="$(df -Pk "$(dirname "$D")" | awk 'NR==2 {print $4}')"
+  ((free_kb > 3 * 1024 * 1024)) || die "only $((free_kb / 1024)) MiB free under $(dirname "$D"): the cluster needs 3 GiB"
   local started=$SECONDS
   B="$(bash "$ROOT/e2e/cluster/build.sh")"
   CP="$(bash "$ROOT/tests/harness/build-control-plane.sh" | tail -1)"
@@ -339,7 +342,8 @@ YAML
   "$HELM" install llmserve "$ROOT/charts/llmserve" --namespace "$RELEASE_NS" --create-namespace \
     --set image.repository=llmserve.dev/llmserve-operator --set image.tag="$TAG" --set image.pullPolicy=Never \
     --set operator.logFormat=text --set usageStats.intervalSeconds=10 --wait --timeout 180s >/dev/null \
-    || { "$K" -n "$RELEASE_NS" get pods -o wide >&2; die "helm install failed"; }
+    || { "$K" -n "$RELEASE_NS" get pods -o wide >&2; "$K" -n "$RELEASE_NS" get events --sort-by=.lastTimestamp | tail -8 >&2
+         die "helm install failed"; }
   log "llmserve chart installed (release llmserve in $RELEASE_NS)"
 
   "$K" apply -f - >/dev/null <<YAML

@@ -245,6 +245,8 @@ def scenario(c, summary):
           f"the router spread the load over both model replicas: {summary['served_per_pod']}")
 
     # === every dashboard query against this Prometheus ===
+    summary["series"] = {r["metric"].get("job", "?"): int(r["value"][1]) for r in c.query('count by (job) ({job=~".+"})')}
+    check(all(summary["series"].get(j) for j in (f"{APP}-router", f"{APP}-{MODEL}")), f"series scraped per job: {summary['series']}")
     summary["dashboards"] = dashboards(c)
     empty = {name: e for name, (_, _, e) in summary["dashboards"].items() if e}
     check(not empty, f"dashboard panels without data: {empty}")
@@ -352,6 +354,7 @@ def print_summary(s, ok, seconds):
     print(f"OpenAI URL: {s.get('openai_url')}")
     print(f"pods scraped through ServiceMonitors: {', '.join(s.get('pods_scraped', [])) or '-'}")
     print(f"requests served: {s.get('requests', 0)} ({s.get('load_errors', 0)} load errors); per model pod: {s.get('served_per_pod', {})}")
+    print(f"series scraped, by job: {s.get('series', {})}")
     for name, (n, total, empty) in (s.get("dashboards") or {}).items():
         print(f"dashboard {name}: {n}/{total} panels with data" + (f" (empty: {', '.join(empty)})" if empty else ""))
     if s.get("hpa_timeline"):
