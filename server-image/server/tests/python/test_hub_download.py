@@ -6,6 +6,7 @@ id, and answers like the local directory; a Hub it cannot reach gives one clear 
 import hashlib
 import http.server
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -23,8 +24,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class Hub(http.server.ThreadingHTTPServer):
-    def __init__(self):
+    def __init__(self, missing=()):
         self.requests = []
+        self.missing = set(missing)
         super().__init__(("127.0.0.1", 0), HubHandler)
 
 
@@ -36,7 +38,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         self.server.requests.append(self.path)
         prefix = f"/{REPO}/resolve/main/"
         path = MODEL / self.path[len(prefix):] if self.path.startswith(prefix) else None
-        if path is None or not path.is_file() or "/" in self.path[len(prefix):]:
+        if path is None or not path.is_file() or "/" in self.path[len(prefix):] or path.name in self.server.missing:
             self.send_response(404)
             self.send_header("x-error-code", "EntryNotFound")
             self.end_headers()
@@ -59,7 +61,8 @@ def serve(env, *extra):
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="llmserve-hub-", suffix=".log", delete=False)
     proc = subprocess.Popen([BIN, "--model", REPO, "--port", str(port), "--log-format", "text", *extra],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**{k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}, **env})
     return proc, port, Path(log.name)
 
 
@@ -76,7 +79,9 @@ def wait_healthy(proc, port, log):
 
 
 def test_a_repo_id_is_downloaded_with_progress_and_served_under_its_id():
-    hub = Hub()
+    # A repo without the optional generation_config.json: asked for once, not again by the
+    # process the server re-executes to set its CPU threading.
+    hub = Hub(missing={"generation_config.json"})
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     home = tempfile.mkdtemp(prefix="llmserve-hf-home-")
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}", "HF_HOME": home}
@@ -89,8 +94,11 @@ def test_a_repo_id_is_downloaded_with_progress_and_served_under_its_id():
         assert out.choices[0].text and out.usage.completion_tokens == 8
         text = log.read_text()
         assert "downloading" in text and "downloaded" in text and "model.safetensors" in text, text
+        assert "cpu_threads=1" in re.sub(r"\x1b\[[0-9;]*m", "", text), "the server re-executed itself with one CPU thread"
         snapshot = Path(home) / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
         assert (snapshot / "config.json").is_file() and (snapshot / "model.safetensors").is_file()
+        asked = [r for r in hub.requests if r.endswith("/generation_config.json")]
+        assert len(asked) == 1, hub.requests
     finally:
         proc.terminate()
         proc.wait(timeout=30)
