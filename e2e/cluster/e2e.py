@@ -204,6 +204,19 @@ def scenario(c, summary):
     check(operator, "Prometheus scrapes the operator through the chart's ServiceMonitor")
     summary["pods_scraped"] = sorted(up) + operator
 
+    # === the alert rules: the app's SLO PrometheusRule (the operator's) and the chart's static
+    # rules, loaded by Prometheus through prometheus-operator and evaluated without error ===
+    def rule_groups():
+        with urllib.request.urlopen(f"{c.prom}/api/v1/rules", timeout=10) as r:
+            groups = {g["name"]: g["rules"] for g in json.load(r)["data"]["groups"]}
+        wanted = {f"llmserve.{NS}.{APP}.slo", "llmserve.static"}
+        # Loaded, and evaluated without error (health "ok", not "err" or "unknown").
+        if wanted <= set(groups) and all(rule["health"] == "ok" for g in wanted for rule in groups[g]):
+            return {g: len(groups[g]) for g in sorted(wanted)}
+        return None
+    summary["rule_groups"] = eventually("Prometheus to load the SLO and static alert rules", rule_groups, 120)
+    log(f"Prometheus evaluates rule groups {summary['rule_groups']}")
+
     # === HPA 1 -> 2 under load, and back ===
     hpa_name = f"{APP}-{MODEL}"
     timeline, reasons = [], []
@@ -355,6 +368,7 @@ def print_summary(s, ok, seconds):
     print(f"pods scraped through ServiceMonitors: {', '.join(s.get('pods_scraped', [])) or '-'}")
     print(f"requests served: {s.get('requests', 0)} ({s.get('load_errors', 0)} load errors); per model pod: {s.get('served_per_pod', {})}")
     print(f"series scraped, by job: {s.get('series', {})}")
+    print(f"alert rule groups loaded (rules): {s.get('rule_groups', {})}")
     for name, (n, total, empty) in (s.get("dashboards") or {}).items():
         print(f"dashboard {name}: {n}/{total} panels with data" + (f" (empty: {', '.join(empty)})" if empty else ""))
     if s.get("hpa_timeline"):
