@@ -17,7 +17,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from test_openai_client import BIN, MODEL, free_port, reference
+from test_openai_client import BIN, MODEL, free_port
 
 REPO = "llmserve-test/stories260k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
