@@ -11,6 +11,7 @@ what this script writes (the test suite runs it).
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -295,6 +296,21 @@ def rendered():
         out[CHART / "dashboards" / name] = text
     out[CHART / "rules" / "llmserve.rules.yaml"] = (HERE / "rules" / "llmserve.rules.yaml").read_text()
     return out
+
+
+# What a query means with every template variable at "All" (and the rate window at 1m).
+ALL_VALUES = {"namespace": ".*", "application": ".*", "model": ".*", "replica": ".*", "interval": "1m"}
+
+
+def fill(expr, **values):
+    """`expr` with its template variables replaced: `values` over ALL_VALUES; an unknown one is a KeyError."""
+    v = {**ALL_VALUES, **values}
+    return re.sub(r"\$(\w+)", lambda m: v[m.group(1)], expr)
+
+
+def query_panels(dashboard):
+    """The panels of a generated dashboard that hold queries (rows hold none)."""
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
 
 
 def engine_panels():

@@ -53,6 +53,15 @@ daemon() {  # NAME CMD...
   echo "$! $name" >> "$D/pids"
 }
 
+# Signals the daemons `daemon` started (only NAME's, when given).
+signal_daemons() {  # SIGNAL [NAME]
+  [[ -f "$D/pids" ]] || return 0
+  local pid name
+  while read -r pid name; do
+    if [[ -z "${2:-}" || "$name" == "$2" ]]; then kill "-$1" "$pid" 2>/dev/null; fi
+  done < "$D/pids"
+}
+
 down() {
   set +e
   [[ -d "$D" ]] || { log "nothing to tear down"; return 0; }
@@ -60,7 +69,7 @@ down() {
   B="$(cat "$D/bin-dir" 2>/dev/null)"
   ctr="$B/ctr --address $D/containerd.sock -n k8s.io"
   # The kubelet first, so it does not restart what we stop next.
-  [[ -f "$D/pids" ]] && while read -r pid name; do [[ "$name" == kubelet ]] && kill "$pid" 2>/dev/null; done < "$D/pids"
+  signal_daemons TERM kubelet
   sleep 1
   if [[ -S "$D/containerd.sock" ]]; then
     for t in $($ctr tasks ls -q 2>/dev/null); do $ctr tasks kill -s SIGKILL "$t" 2>/dev/null; done
@@ -68,10 +77,10 @@ down() {
     for t in $($ctr tasks ls -q 2>/dev/null); do $ctr tasks delete -f "$t" >/dev/null 2>&1; done
     for c in $($ctr containers ls -q 2>/dev/null); do $ctr containers delete "$c" >/dev/null 2>&1; done
   fi
-  [[ -f "$D/pids" ]] && while read -r pid name; do kill "$pid" 2>/dev/null; done < "$D/pids"
+  signal_daemons TERM
   pkill -f "containerd-shim-runc-v2 .*-address $D/containerd.sock" 2>/dev/null
   sleep 2
-  [[ -f "$D/pids" ]] && while read -r pid name; do kill -9 "$pid" 2>/dev/null; done < "$D/pids"
+  signal_daemons KILL
   grep -o " $D/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
   # Network namespaces the CNI made for pods (their names are the ones containerd gives: cni-*).
   for n in $(ls /run/netns 2>/dev/null | grep '^cni-'); do
@@ -125,8 +134,9 @@ image() {  # NAME:TAG ENTRYPOINT_BINARY_DST=SRC [--file DST=SRC ...]
   local dst="${entry%%=*}" src="${entry#*=}"
   local files=(--file "$entry")
   for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do files+=(--file "$lib=$lib"); done
-  python3 "$ROOT/e2e/cluster/oci.py" "$D/images/$(basename "${name%%:*}").tar" "$name" --entrypoint "$dst" "${files[@]}" "$@" >&2
-  "$B/ctr" --address "$D/containerd.sock" -n k8s.io images import "$D/images/$(basename "${name%%:*}").tar" >/dev/null
+  local tar; tar="$D/images/$(basename "${name%%:*}").tar"
+  python3 "$ROOT/e2e/cluster/oci.py" "$tar" "$name" --entrypoint "$dst" "${files[@]}" "$@" >&2
+  "$B/ctr" --address "$D/containerd.sock" -n k8s.io images import "$tar" >/dev/null
 }
 
 wait_for() {  # SECONDS DESCRIPTION CMD...

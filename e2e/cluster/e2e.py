@@ -29,9 +29,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "dashboards"))
+from generate import fill, query_panels  # noqa: E402
 APP, NS, MODEL = "demo", "default", "stories260k"
 INSTANCE = f"app.kubernetes.io/instance={APP}"
-ENGINE = re.compile(r"\b(vllm|llmserve):[a-z_]+")
 OWNED_KINDS = ["deployments.apps", "services", "horizontalpodautoscalers.autoscaling",
                "servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com",
                "serviceaccounts", "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io",
@@ -67,16 +68,18 @@ class Cluster:
     def get(self, *args):
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
-    def query(self, expr):
-        url = f"{self.prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(url, timeout=10) as r:
+    def prometheus(self, path):
+        """The `data` of an answer of Prometheus's HTTP API."""
+        with urllib.request.urlopen(f"{self.prom}/api/v1/{path}", timeout=10) as r:
             body = json.load(r)
-        check(body["status"] == "success", f"query failed: {expr}: {body}")
-        return body["data"]["result"]
+        check(body["status"] == "success", f"Prometheus {path} failed: {body}")
+        return body["data"]
+
+    def query(self, expr):
+        return self.prometheus("query?" + urllib.parse.urlencode({"query": expr}))["result"]
 
     def targets(self):
-        with urllib.request.urlopen(f"{self.prom}/api/v1/targets?state=active", timeout=10) as r:
-            return json.load(r)["data"]["activeTargets"]
+        return self.prometheus("targets?state=active")["activeTargets"]
 
 
 def eventually(what, fn, timeout, every=2):
@@ -210,8 +213,7 @@ def scenario(c, summary):
     # === the alert rules: the app's SLO PrometheusRule (the operator's) and the chart's static
     # rules, loaded by Prometheus through prometheus-operator and evaluated without error ===
     def rule_groups():
-        with urllib.request.urlopen(f"{c.prom}/api/v1/rules", timeout=10) as r:
-            groups = {g["name"]: g["rules"] for g in json.load(r)["data"]["groups"]}
+        groups = {g["name"]: g["rules"] for g in c.prometheus("rules")["groups"]}
         wanted = {f"llmserve.{NS}.{APP}.slo", "llmserve.static"}
         # Loaded, and evaluated without error (health "ok", not "err" or "unknown").
         if wanted <= set(groups) and all(rule["health"] == "ok" for g in wanted for rule in groups[g]):
@@ -315,15 +317,12 @@ def dashboards(c):
     out = {}
     for path in sorted((ROOT / "dashboards").glob("*.json")):
         d = json.loads(path.read_text())
-        values = {"namespace": ".*", "application": ".*", "model": ".*", "replica": ".*", "interval": "5m",
-                  "__rate_interval": "1m", "job": ".*", "instance": ".*", "pod": ".*"}
         with_data, empty = 0, []
-        panels = [p for p in d["panels"] if p["type"] != "row"]
+        panels = query_panels(d)
         for p in panels:
             n = 0
             for t in p.get("targets", []):
-                expr = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), ".*"), t["expr"])
-                n += len(c.query(expr))
+                n += len(c.query(fill(t["expr"], interval="5m")))
             if n:
                 with_data += 1
             else:

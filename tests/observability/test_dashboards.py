@@ -22,22 +22,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
 
+sys.path.insert(0, str(harness.ROOT / "dashboards"))
+from generate import fill as substitute, query_panels as panels  # noqa: E402
+
 DASHBOARDS = harness.ROOT / "dashboards"
 ENGINE = re.compile(r"\b(vllm|llmserve):[a-z_]+")
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park "
          "with her friends. One day, she saw a big red ball under a tree. ")
-
-
-def panels(dashboard):
-    for p in dashboard["panels"]:
-        if p["type"] == "row":
-            continue
-        yield p
-
-
-def substitute(expr, model=".*"):
-    values = {"namespace": ".*", "application": ".*", "model": model, "replica": ".*", "interval": "1m"}
-    return re.sub(r"\$(\w+)", lambda m: values[m.group(1)], expr)
 
 
 async def drive(router, alpha1, seconds):

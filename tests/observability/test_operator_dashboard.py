@@ -2,13 +2,15 @@
 which reconciles applications on the real test API server."""
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
+
+sys.path.insert(0, str(harness.ROOT / "dashboards"))
+from generate import fill, query_panels  # noqa: E402
 
 VALID = """
 apiVersion: llmserve.dev/v1alpha1
@@ -57,11 +59,9 @@ def test_every_operator_panel_has_data():
         d = json.loads((harness.ROOT / "dashboards/llmserve-operator.json").read_text())
         failures = []
         print("\n| panel | query | series |\n|---|---|---:|")
-        for p in d["panels"]:
-            if p["type"] == "row":
-                continue
+        for p in query_panels(d):
             for t in p["targets"]:
-                expr = re.sub(r"\$(\w+)", lambda m: {"namespace": ".*", "interval": "1m"}[m.group(1)], t["expr"])
+                expr = fill(t["expr"])
                 res = prom.query(expr)
                 n = len(res["data"]["result"]) if res["status"] == "success" else -1
                 print(f"| {p['title']} | {t['refId']} | {n} |")
