@@ -22,13 +22,13 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::MANAGER;
 use crate::build::{self, labels};
 use crate::crd::{LlmApplication, LlmApplicationStatus, ModelConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::status::{self, Cond, reasons, types};
 use crate::validate::validate;
-use crate::MANAGER;
 
 /// Field manager that sets only the initial replica count of an autoscaled Deployment, so the
 /// main manager can leave `spec.replicas` to the HPA without it falling back to the default.
@@ -139,7 +139,13 @@ impl Desired {
                 .models
                 .iter()
                 .map(|m| {
-                    (m.clone(), build::deployment(app, m), build::service(app, m), build::hpa(app, m), build::service_monitor(app, Some(m)))
+                    (
+                        m.clone(),
+                        build::deployment(app, m),
+                        build::service(app, m),
+                        build::hpa(app, m),
+                        build::service_monitor(app, Some(m)),
+                    )
                 })
                 .collect(),
             router_deployment: build::router_deployment(app),
@@ -203,7 +209,8 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     let new_generation = observed_generation != app.metadata.generation;
     let present = ctx.monitoring().await;
     let observe = app.spec.observability_enabled();
-    let wanted = Wanted { monitors: observe && present.service_monitors, rules: observe && present.prometheus_rules, present };
+    let wanted =
+        Wanted { monitors: observe && present.service_monitors, rules: observe && present.prometheus_rules, present };
 
     // === apply ===
     let applied = match apply(ctx, app, &desired, wanted).await {
@@ -220,43 +227,63 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     };
     // Children only become stale when the spec changes, so steady-state reconciles skip the lists;
     // so does an application never reconciled before, which can have no stale children.
-    let removed = if new_generation && app.status.is_some() {
-        prune(ctx, app, &desired, wanted).await?
-    } else {
-        Vec::new()
-    };
+    let removed =
+        if new_generation && app.status.is_some() { prune(ctx, app, &desired, wanted).await? } else { Vec::new() };
     for name in &removed {
-        ctx.event(app, EventType::Normal, "Pruned", "Prune", format!("deleted {name}, no longer wanted by the spec")).await;
+        ctx.event(app, EventType::Normal, "Pruned", "Prune", format!("deleted {name}, no longer wanted by the spec"))
+            .await;
     }
 
     // === update status ===
     let mut conds = status::rollout_conditions(&applied.models, &applied.router);
     conds.push(if !observe {
-        Cond::new(types::MONITORED, false, reasons::OBSERVABILITY_DISABLED, "spec.observability.enabled is false: no ServiceMonitors and no alerts")
+        Cond::new(
+            types::MONITORED,
+            false,
+            reasons::OBSERVABILITY_DISABLED,
+            "spec.observability.enabled is false: no ServiceMonitors and no alerts",
+        )
     } else if present.service_monitors {
         let alerts = if present.prometheus_rules {
             format!("; alerts in PrometheusRule {}", desired.rules.name_any())
         } else {
             "; no alerts: the PrometheusRule CRD is not installed".into()
         };
-        Cond::new(types::MONITORED, true, reasons::SERVICE_MONITORS_APPLIED, format!("ServiceMonitors applied for every model and the router{alerts}"))
+        Cond::new(
+            types::MONITORED,
+            true,
+            reasons::SERVICE_MONITORS_APPLIED,
+            format!("ServiceMonitors applied for every model and the router{alerts}"),
+        )
     } else {
         Cond::new(
             types::MONITORED,
             false,
             reasons::SERVICE_MONITOR_CRD_MISSING,
-            "the monitoring.coreos.com/v1 ServiceMonitor CRD is not installed; install the Prometheus Operator to have models scraped",
+            "the monitoring.coreos.com/v1 ServiceMonitor CRD is not installed; install the Prometheus Operator to have \
+                models scraped",
         )
     });
     let models = applied.models.iter().map(|(id, d)| status::model_status(id, d)).collect();
     let previously_monitored = condition_status(app, types::MONITORED);
     update_status(ctx, app, &conds, app.metadata.generation, Some((models, build::router_url(app)))).await?;
     if new_generation {
-        let note = format!("applied {} model(s) and the router at generation {}", app.spec.models.len(), app.metadata.generation.unwrap_or(0));
+        let note = format!(
+            "applied {} model(s) and the router at generation {}",
+            app.spec.models.len(),
+            app.metadata.generation.unwrap_or(0)
+        );
         ctx.event(app, EventType::Normal, "Applied", "Apply", note).await;
     }
     if observe && !present.service_monitors && previously_monitored.as_deref() != Some("False") {
-        ctx.event(app, EventType::Warning, reasons::SERVICE_MONITOR_CRD_MISSING, "Apply", "ServiceMonitor CRD missing; models are served but not scraped".into()).await;
+        ctx.event(
+            app,
+            EventType::Warning,
+            reasons::SERVICE_MONITOR_CRD_MISSING,
+            "Apply",
+            "ServiceMonitor CRD missing; models are served but not scraped".into(),
+        )
+        .await;
     }
     Ok(Outcome::Applied)
 }
@@ -288,8 +315,13 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
         let is_new = initial > 1 && deployments.get_metadata_opt(&name).await?.is_none();
         let mut live = deployments.patch(&name, &pp, &Patch::Apply(dep)).await?;
         if is_new {
-            let replicas = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {"replicas": initial}});
-            live = deployments.patch(&name, &PatchParams::apply(INITIAL_REPLICAS_MANAGER), &Patch::Apply(&replicas)).await?;
+            let replicas = json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name}, "spec": {"replicas": initial},
+            });
+            live = deployments
+                .patch(&name, &PatchParams::apply(INITIAL_REPLICAS_MANAGER), &Patch::Apply(&replicas))
+                .await?;
         }
         services.patch(&name, &pp, &Patch::Apply(svc)).await?;
         if let Some(hpa) = hpa {
@@ -354,8 +386,7 @@ async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
         removed.push(format!("HorizontalPodAutoscaler/{name}"));
     }
     if wanted.present.service_monitors {
-        let sms: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
+        let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
         let want_sm = if wanted.monitors { want.clone() } else { BTreeSet::new() };
         for name in stale(sms.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want_sm) {
             delete(&sms, &name).await?;
@@ -427,7 +458,8 @@ pub fn error_policy(app: Arc<LlmApplication>, err: &Error, ctx: Arc<Context>) ->
     let n = failures.entry(ObjectRef::from_obj(app.as_ref())).or_insert(0);
     *n = n.saturating_add(1);
     let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
-    tracing::warn!(app = %app.name_any(), error = %err, reason = err.metric_label(), ?delay, "reconcile failed; requeueing");
+    let reason = err.metric_label();
+    tracing::warn!(app = %app.name_any(), error = %err, reason, ?delay, "reconcile failed; requeueing");
     Action::requeue(delay)
 }
 
@@ -445,7 +477,11 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let (deps, svcs, hpas) = match &namespace {
-        Some(ns) => (Api::<Deployment>::namespaced(client.clone(), ns), Api::<Service>::namespaced(client.clone(), ns), Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, MANAGER));
@@ -475,7 +511,10 @@ pub async fn run(
     let hard_stop = async move {
         shutdown.await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
-        tracing::warn!(grace_seconds = SHUTDOWN_GRACE.as_secs(), "reconciles did not finish in the grace period; stopping anyway");
+        tracing::warn!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "reconciles did not finish in the grace period; stopping anyway"
+        );
     };
     tokio::select! {
         _ = running => {}

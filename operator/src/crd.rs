@@ -34,7 +34,8 @@ pub const MAX_MODELS: usize = 32;
     category = "llmserve",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Models","type":"string","jsonPath":".spec.models[*].modelLoadingConfig.modelId"}"#,
-    printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired model replicas","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired model replicas",
+        "jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -226,7 +227,8 @@ pub struct ModelLoadingConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^(/[^\s]*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?)$")
+        regex(pattern = "^(/[^\\s]*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\\s]*)?|\
+                       [A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?)$")
     )]
     pub model_source: Option<String>,
 }
@@ -252,7 +254,8 @@ pub struct DeploymentConfig {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"))]
-#[x_kube(validation = Rule::new("!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && self.initialReplicas <= self.maxReplicas)")
+#[x_kube(validation = Rule::new("!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && \
+    self.initialReplicas <= self.maxReplicas)")
     .message("initialReplicas must lie between minReplicas and maxReplicas").field_path(".initialReplicas"))]
 pub struct AutoscalingConfig {
     /// Fewest replicas (at least 1).
@@ -339,7 +342,9 @@ pub struct EngineKwargs {
     pub dtype: Option<Dtype>,
     /// Tokens per KV-cache block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self in [8, 16, 32, 64, 128]").message("blockSize must be one of 8, 16, 32, 64, 128"))]
+    #[x_kube(
+        validation = Rule::new("self in [8, 16, 32, 64, 128]").message("blockSize must be one of 8, 16, 32, 64, 128")
+    )]
     pub block_size: Option<i32>,
     /// Reuse KV blocks across requests that share a prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,10 +470,7 @@ impl ModelConfig {
 
     /// Where the weights come from; `modelId` itself when no source is given.
     pub fn model_source(&self) -> &str {
-        self.model_loading_config
-            .model_source
-            .as_deref()
-            .unwrap_or(&self.model_loading_config.model_id)
+        self.model_loading_config.model_source.as_deref().unwrap_or(&self.model_loading_config.model_id)
     }
 
     /// The model's id, as clients name it.

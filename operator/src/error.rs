@@ -18,8 +18,16 @@ pub enum Error {
 }
 
 /// Every value [`Error::metric_label`] returns (the metrics start them at zero).
-pub const METRIC_LABELS: &[&str] =
-    &["conflict", "forbidden", "rejected", "api_error", "api_unreachable", "serialization", "usage_report", "leadership"];
+pub const METRIC_LABELS: &[&str] = &[
+    "conflict",
+    "forbidden",
+    "rejected",
+    "api_error",
+    "api_unreachable",
+    "serialization",
+    "usage_report",
+    "leadership",
+];
 
 impl Error {
     /// Stable short label for logs, metrics and Events.

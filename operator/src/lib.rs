@@ -17,7 +17,7 @@ pub mod validate;
 /// The one field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "llmserve-operator";
 
-/// The CRD as YAML, exactly as `crds/llmapplications.yaml` holds it.
+/// The CRD as YAML, exactly as `charts/llmserve/crds/llmapplications.yaml` holds it.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let crd = crd::LlmApplication::crd();

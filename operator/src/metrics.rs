@@ -1,6 +1,8 @@
 //! The operator's own Prometheus metrics. Names carry their unit; labels are bounded.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Reconciles by result (`success`, `invalid`, `error`).
 pub const RECONCILES_TOTAL: &str = "llmserve_operator_reconciles_total";
@@ -50,15 +52,20 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let reconciles = IntCounterVec::new(Opts::new(RECONCILES_TOTAL, "Reconciles of LlmApplications by result."), &["result"]).unwrap();
-        let errors = IntCounterVec::new(Opts::new(RECONCILE_ERRORS_TOTAL, "Reconcile errors by reason."), &["reason"]).unwrap();
+        let reconciles =
+            IntCounterVec::new(Opts::new(RECONCILES_TOTAL, "Reconciles of LlmApplications by result."), &["result"])
+                .unwrap();
+        let errors =
+            IntCounterVec::new(Opts::new(RECONCILE_ERRORS_TOTAL, "Reconcile errors by reason."), &["reason"]).unwrap();
         let duration = Histogram::with_opts(
             HistogramOpts::new(RECONCILE_DURATION_SECONDS, "Time one reconcile of an LlmApplication took.")
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )
         .unwrap();
         let leader = IntGauge::new(LEADER, "1 while this operator replica holds the leader lease.").unwrap();
-        let usage_stats_enabled = IntGauge::new(USAGE_STATS_ENABLED, "1 when usage data is collected (see README), 0 when turned off.").unwrap();
+        let usage_stats_enabled =
+            IntGauge::new(USAGE_STATS_ENABLED, "1 when usage data is collected (see README), 0 when turned off.")
+                .unwrap();
         // Zero-valued series for every result and error reason, so rates exist from the start.
         for result in ["success", "invalid", "error"] {
             reconciles.with_label_values(&[result]).reset();

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
-use kube::runtime::events::Reporter;
 use kube::Client;
+use kube::runtime::events::Reporter;
 
 use crate::controller::{self, Context};
 use crate::leader::{self, LeaseConfig};
@@ -20,7 +20,11 @@ use crate::usage;
 
 /// Flags of `llmserve-operator`; each also reads its environment variable.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "llmserve-operator", version, about = "Reconciles LlmApplications into served, autoscaled, monitored models")]
+#[command(
+    name = "llmserve-operator",
+    version,
+    about = "Reconciles LlmApplications into served, autoscaled, monitored models"
+)]
 pub struct Args {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "LLMSERVE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -44,7 +48,13 @@ pub struct Args {
     #[arg(long, env = "LLMSERVE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
     /// Collect usage data (see README); `LLMSERVE_USAGE_STATS_ENABLED=0` turns it off too.
-    #[arg(long, env = "LLMSERVE_USAGE_STATS_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        env = "LLMSERVE_USAGE_STATS_ENABLED",
+        default_value = "true",
+        value_parser = parse_bool,
+        action = clap::ArgAction::Set
+    )]
     pub usage_stats: bool,
     /// Where to POST the usage report; nothing is sent when unset.
     #[arg(long, env = "LLMSERVE_USAGE_REPORT_URL")]
@@ -141,12 +151,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     metrics.usage_stats_enabled.set(i64::from(args.usage_stats));
     if args.usage_stats {
-        let (client, ns, metrics, url) = (client.clone(), args.namespace.clone(), metrics.clone(), args.usage_report_url.clone());
+        let (client, ns, metrics, url) =
+            (client.clone(), args.namespace.clone(), metrics.clone(), args.usage_report_url.clone());
         let every = Duration::from_secs(args.usage_interval_seconds.max(1));
         tokio::spawn(async move {
             loop {
                 match usage::run_once(&client, &ns, &metrics, url.as_deref()).await {
-                    Ok(r) => tracing::info!(applications = r.num_applications, models = r.num_models, "usage data collected"),
+                    Ok(r) => {
+                        tracing::info!(applications = r.num_applications, models = r.num_models, "usage data collected")
+                    }
                     Err(e) => tracing::warn!(error = %e, "usage data collection failed"),
                 }
                 tokio::time::sleep(every).await;
@@ -178,7 +191,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

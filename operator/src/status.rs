@@ -114,8 +114,8 @@ pub fn deployment_ready(d: &Deployment) -> bool {
 pub fn deployment_failure(d: &Deployment) -> Option<String> {
     let conds = d.status.as_ref()?.conditions.as_ref()?;
     conds.iter().find_map(|c| {
-        let failed = (c.type_ == "ReplicaFailure" && c.status == "True")
-            || (c.type_ == "Progressing" && c.status == "False");
+        let failed =
+            (c.type_ == "ReplicaFailure" && c.status == "True") || (c.type_ == "Progressing" && c.status == "False");
         failed.then(|| format!("{}: {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
     })
 }
@@ -141,7 +141,12 @@ pub fn rollout_conditions(models: &[(String, Deployment)], router: &Deployment) 
     let ready = waiting.is_empty();
     vec![
         if ready {
-            Cond::new(types::READY, true, reasons::ALL_REPLICAS_READY, "every model and the router have all desired replicas ready")
+            Cond::new(
+                types::READY,
+                true,
+                reasons::ALL_REPLICAS_READY,
+                "every model and the router have all desired replicas ready",
+            )
         } else {
             Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, format!("waiting for {}", waiting.join(", ")))
         },

@@ -139,7 +139,12 @@ pub fn export(metrics: &Metrics, report: &UsageReport) {
 
 /// Lists every LlmApplication, writes the ConfigMap, sets the metrics, and posts the report when
 /// `report_url` is set.
-pub async fn run_once(client: &Client, namespace: &str, metrics: &Metrics, report_url: Option<&str>) -> Result<UsageReport> {
+pub async fn run_once(
+    client: &Client,
+    namespace: &str,
+    metrics: &Metrics,
+    report_url: Option<&str>,
+) -> Result<UsageReport> {
     let apps = Api::<LlmApplication>::all(client.clone()).list(&ListParams::default()).await?;
     let report = collect(&apps.items);
     export(metrics, &report);

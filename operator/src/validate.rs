@@ -35,7 +35,9 @@ pub fn validate(app: &LlmApplication) -> Vec<SpecProblem> {
     if router.len() > MAX_NAME_LEN {
         problems.push(SpecProblem {
             field: "metadata.name".into(),
-            message: format!("router name {router:?} would exceed {MAX_NAME_LEN} characters; use a shorter application name"),
+            message: format!(
+                "router name {router:?} would exceed {MAX_NAME_LEN} characters; use a shorter application name"
+            ),
         });
     }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -47,7 +49,8 @@ pub fn validate(app: &LlmApplication) -> Vec<SpecProblem> {
             problems.push(SpecProblem {
                 field: field.clone(),
                 message: format!(
-                    "object name {child:?} (application name + model id) exceeds {MAX_NAME_LEN} characters; shorten the model id or the application name"
+                    "object name {child:?} (application name + model id) exceeds {MAX_NAME_LEN} characters; shorten \
+                        the model id or the application name"
                 ),
             });
         }
@@ -67,7 +70,8 @@ pub fn validate(app: &LlmApplication) -> Vec<SpecProblem> {
             problems.push(SpecProblem {
                 field: field.clone(),
                 message: format!(
-                    "model id {id:?} names the same objects ({child:?}) as spec.models[{j}] ({:?}); ids must differ in more than case and punctuation",
+                    "model id {id:?} names the same objects ({child:?}) as spec.models[{j}] ({:?}); ids must differ in \
+                        more than case and punctuation",
                     app.spec.models[j].model_id()
                 ),
             });

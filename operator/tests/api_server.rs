@@ -10,8 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Service};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use llmserve_operator::build::{prometheus_rule_resource, service_monitor_resource};
 use llmserve_operator::crd::LlmApplication;
 use serde_json::json;
@@ -120,7 +120,8 @@ async fn spec_change_keeps_the_replica_count_the_hpa_wrote() {
     let ns = "hpa-owns-replicas";
     let (client, _ctrl) = setup(ns).await;
     let mut app = fixture("ray-example.yaml", "chat");
-    app["spec"]["models"][0]["deploymentConfig"]["autoscalingConfig"] = json!({"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 3});
+    app["spec"]["models"][0]["deploymentConfig"]["autoscalingConfig"] =
+        json!({"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 3});
     apply_app(&client, ns, &app).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let name = "chat-qwen-0-5b";
@@ -203,22 +204,41 @@ async fn removing_a_model_removes_its_children() {
     assert!(evs.is_some(), "a Pruned event is recorded");
 }
 
+/// A change to one model of a valid spec.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_refuses_invalid_specs_naming_the_field() {
     let ns = "invalid-specs";
     let client = client().await;
     install_llmapp_crd(&client).await;
     namespace(&client, ns).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "max < min",
             Box::new(|m| m["deploymentConfig"]["autoscalingConfig"] = json!({"minReplicas": 3, "maxReplicas": 2})),
             "autoscalingConfig.minReplicas",
         ),
-        ("unknown engineKwargs key", Box::new(|m| m["engineKwargs"] = json!({"maxModelLen": 10, "maxBatchSize": 8})), "engineKwargs.maxBatchSize"),
-        ("zero minReplicas", Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["minReplicas"] = json!(0)), "minReplicas"),
-        ("negative numReplicas", Box::new(|m| m["deploymentConfig"] = json!({"numReplicas": -1})), "deploymentConfig.numReplicas"),
-        ("zero target", Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["targetOngoingRequests"] = json!(0)), "targetOngoingRequests"),
+        (
+            "unknown engineKwargs key",
+            Box::new(|m| m["engineKwargs"] = json!({"maxModelLen": 10, "maxBatchSize": 8})),
+            "engineKwargs.maxBatchSize",
+        ),
+        (
+            "zero minReplicas",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["minReplicas"] = json!(0)),
+            "minReplicas",
+        ),
+        (
+            "negative numReplicas",
+            Box::new(|m| m["deploymentConfig"] = json!({"numReplicas": -1})),
+            "deploymentConfig.numReplicas",
+        ),
+        (
+            "zero target",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["targetOngoingRequests"] = json!(0)),
+            "targetOngoingRequests",
+        ),
         ("bad accelerator", Box::new(|m| m["acceleratorType"] = json!("TPU-v5")), "acceleratorType"),
         ("zero maxNumSeqs", Box::new(|m| m["engineKwargs"] = json!({"maxNumSeqs": 0})), "engineKwargs.maxNumSeqs"),
         ("bad modelSource", Box::new(|m| m["modelLoadingConfig"]["modelSource"] = json!("s3 bucket")), "modelSource"),
@@ -276,7 +296,10 @@ async fn a_spec_the_schema_cannot_catch_sets_a_condition_and_keeps_children() {
     assert!(ctrl.metrics.render().contains(r#"llmserve_operator_reconciles_total{result="invalid"}"#));
 
     let after = deps.get("keep-qwen-0-5b").await.unwrap();
-    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "the running Deployment was not touched");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the running Deployment was not touched"
+    );
     assert!(!args(&after).contains(&"--max-model-len".to_string()));
 }
 
@@ -336,19 +359,30 @@ async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
     let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let ttft = |r: &DynamicObject| {
-        r.data["spec"]["groups"][0]["rules"].as_array().unwrap().iter().find(|x| x["alert"] == "LlmserveTTFTHigh").map(|x| x["expr"].as_str().unwrap().to_string())
+        r.data["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["alert"] == "LlmserveTTFTHigh")
+            .map(|x| x["expr"].as_str().unwrap().to_string())
     };
     let rule = wait_get(&rules, "shop-slo").await;
-    assert_eq!(rule.data["spec"]["groups"][0]["rules"].as_array().unwrap().len(), 6, "5 SLOs of chat, the error rate of quiet");
+    assert_eq!(
+        rule.data["spec"]["groups"][0]["rules"].as_array().unwrap().len(),
+        6,
+        "5 SLOs of chat, the error rate of quiet"
+    );
     assert!(ttft(&rule).unwrap().ends_with("> 1"), "{:?}", ttft(&rule));
     wait_get(&sms, "shop-chat").await;
 
     // A changed SLO changes the rule.
     app["spec"]["models"][0]["slo"]["ttftP95Seconds"] = json!(3);
     apply_app(&client, ns, &app).await.unwrap();
-    eventually(WAIT, || async { rules.get("shop-slo").await.ok().and_then(|r| ttft(&r)).filter(|e| e.ends_with("> 3")) })
-        .await
-        .expect("the PrometheusRule follows the SLO");
+    eventually(WAIT, || async {
+        rules.get("shop-slo").await.ok().and_then(|r| ttft(&r)).filter(|e| e.ends_with("> 3"))
+    })
+    .await
+    .expect("the PrometheusRule follows the SLO");
 
     // Observability off: alerts and ServiceMonitors go, engine metrics go where the model did not decide.
     app["spec"]["observability"] = json!({"enabled": false});
@@ -363,13 +397,19 @@ async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
     .await;
     assert!(off.is_some(), "observability off removes the PrometheusRule and ServiceMonitors and engine metrics");
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
-    let monitored = eventually(WAIT, || async { condition(&apps.get("shop").await.ok()?, "Monitored").filter(|c| c.1 == "ObservabilityDisabled") }).await;
+    let monitored = eventually(WAIT, || async {
+        condition(&apps.get("shop").await.ok()?, "Monitored").filter(|c| c.1 == "ObservabilityDisabled")
+    })
+    .await;
     assert!(monitored.is_some());
 
     // A model's own logEngineMetrics wins over the switch.
     app["spec"]["models"][0]["logEngineMetrics"] = json!(true);
     apply_app(&client, ns, &app).await.unwrap();
-    let kept = eventually(WAIT, || async { (!args(&deps.get("shop-chat").await.ok()?).contains(&"--disable-engine-metrics".to_string())).then_some(()) }).await;
+    let kept = eventually(WAIT, || async {
+        (!args(&deps.get("shop-chat").await.ok()?).contains(&"--disable-engine-metrics".to_string())).then_some(())
+    })
+    .await;
     assert!(kept.is_some(), "logEngineMetrics: true keeps engine metrics with observability off");
     assert!(rules.get_opt("shop-slo").await.unwrap().is_none(), "still no alerts");
 }

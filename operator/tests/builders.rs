@@ -34,7 +34,10 @@ fn ray_example_deployment() {
     assert_eq!(d.metadata.name.as_deref(), Some("ray-example-qwen-0-5b"));
     assert_eq!(d.metadata.namespace.as_deref(), Some("team-a"));
     let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("LlmApplication", "ray-example", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("LlmApplication", "ray-example", Some(true))
+    );
     let labels = d.metadata.labels.as_ref().unwrap();
     assert_eq!(labels["llmserve.dev/model-id"], "qwen-0.5b");
     assert_eq!(labels["app.kubernetes.io/instance"], "ray-example");
@@ -99,7 +102,11 @@ fn ray_example_service_hpa_monitor_router() {
     assert_eq!(relabel["targetLabel"], "llmserve_app", "the dashboards' application label");
     assert_eq!(relabel["sourceLabels"][0], "__meta_kubernetes_service_label_app_kubernetes_io_instance");
     let svc = build::service(&app, m);
-    assert_eq!(svc.metadata.labels.as_ref().unwrap()["app.kubernetes.io/instance"], "ray-example", "the label the relabeling reads");
+    assert_eq!(
+        svc.metadata.labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+        "ray-example",
+        "the label the relabeling reads"
+    );
 
     let r = build::router_deployment(&app);
     assert_eq!(r.metadata.name.as_deref(), Some("ray-example-router"));
@@ -110,7 +117,10 @@ fn ray_example_service_hpa_monitor_router() {
     assert_eq!(pod.service_account_name.as_deref(), Some("ray-example-router"));
     let role = build::router_role(&app);
     let rule = &role.rules.as_ref().unwrap()[0];
-    assert_eq!((rule.resources.as_deref(), rule.verbs.as_slice()), (Some(&["endpointslices".to_string()][..]), &["get".to_string(), "list".into(), "watch".into()][..]));
+    assert_eq!(
+        (rule.resources.as_deref(), rule.verbs.as_slice()),
+        (Some(&["endpointslices".to_string()][..]), &["get".to_string(), "list".into(), "watch".into()][..])
+    );
     let binding = build::router_role_binding(&app);
     assert_eq!(binding.subjects.as_ref().unwrap()[0].name, "ray-example-router");
     assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
@@ -148,10 +158,14 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
     let res = c.resources.as_ref().unwrap();
     assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2", "GPUs follow tensorParallelSize");
     assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "48Gi", "user resources override");
-    let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
+    let env: BTreeMap<_, _> =
+        c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
     assert_eq!(env["RUST_LOG"], "debug", "user env replaces the default");
     let vols = pod.volumes.as_ref().unwrap();
-    assert_eq!(vols.iter().find(|v| v.name == "model").unwrap().persistent_volume_claim.as_ref().unwrap().claim_name, "weights");
+    assert_eq!(
+        vols.iter().find(|v| v.name == "model").unwrap().persistent_volume_claim.as_ref().unwrap().claim_name,
+        "weights"
+    );
     assert!(vols.iter().any(|v| v.name == "dshm"));
     assert_eq!(pod.node_selector.as_ref().unwrap()["nvidia.com/gpu.product"], "NVIDIA-H100-80GB-HBM3");
     let h = build::hpa(&app, big).unwrap().spec.unwrap();
@@ -181,14 +195,20 @@ fn validation_catches_what_the_schema_cannot() {
     let mut app = fixture("ray-example.yaml");
     app.metadata.name = Some("a".repeat(58));
     let p = validate::validate(&app);
-    assert!(p.iter().any(|p| p.field == "spec.models[0].modelLoadingConfig.modelId" && p.message.contains("63")), "{p:?}");
+    assert!(
+        p.iter().any(|p| p.field == "spec.models[0].modelLoadingConfig.modelId" && p.message.contains("63")),
+        "{p:?}"
+    );
 
     let mut app = fixture("ray-example.yaml");
     let mut twin = app.spec.models[0].clone();
     twin.model_loading_config.model_id = "Qwen-0.5B".into();
     app.spec.models.push(twin);
     let p = validate::validate(&app);
-    assert!(p.iter().any(|p| p.field == "spec.models[1].modelLoadingConfig.modelId" && p.message.contains("same objects")), "{p:?}");
+    assert!(
+        p.iter().any(|p| p.field == "spec.models[1].modelLoadingConfig.modelId" && p.message.contains("same objects")),
+        "{p:?}"
+    );
 
     let mut app = fixture("ray-example.yaml");
     app.spec.models[0].model_loading_config.model_id = "router".into();
@@ -196,7 +216,8 @@ fn validation_catches_what_the_schema_cannot() {
 
     let mut app = fixture("ray-example.yaml");
     app.spec.models[0].accelerator_type = None;
-    app.spec.models[0].engine_kwargs = Some(llmserve_operator::crd::EngineKwargs { tensor_parallel_size: Some(2), ..Default::default() });
+    app.spec.models[0].engine_kwargs =
+        Some(llmserve_operator::crd::EngineKwargs { tensor_parallel_size: Some(2), ..Default::default() });
     let p = validate::validate(&app);
     assert!(p.iter().any(|p| p.field.ends_with("tensorParallelSize")), "{p:?}");
 }
@@ -207,15 +228,35 @@ fn t(s: &str) -> Time {
 
 #[test]
 fn conditions_keep_transition_time_when_unchanged() {
-    let first = status::merge_conditions(&[], &[Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, "waiting")], Some(1), t("2026-01-01T00:00:00Z"));
-    let same = status::merge_conditions(&first, &[Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, "still waiting")], Some(2), t("2026-01-01T00:05:00Z"));
+    let first = status::merge_conditions(
+        &[],
+        &[Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, "waiting")],
+        Some(1),
+        t("2026-01-01T00:00:00Z"),
+    );
+    let same = status::merge_conditions(
+        &first,
+        &[Cond::new(types::READY, false, reasons::REPLICAS_NOT_READY, "still waiting")],
+        Some(2),
+        t("2026-01-01T00:05:00Z"),
+    );
     assert_eq!(same[0].last_transition_time, t("2026-01-01T00:00:00Z"));
     assert_eq!(same[0].message, "still waiting");
     assert_eq!(same[0].observed_generation, Some(2));
-    let flipped = status::merge_conditions(&same, &[Cond::new(types::READY, true, reasons::ALL_REPLICAS_READY, "ok")], Some(2), t("2026-01-01T00:09:00Z"));
+    let flipped = status::merge_conditions(
+        &same,
+        &[Cond::new(types::READY, true, reasons::ALL_REPLICAS_READY, "ok")],
+        Some(2),
+        t("2026-01-01T00:09:00Z"),
+    );
     assert_eq!(flipped[0].last_transition_time, t("2026-01-01T00:09:00Z"));
     // A type not mentioned survives.
-    let both = status::merge_conditions(&flipped, &[Cond::new(types::DEGRADED, false, reasons::AS_EXPECTED, "")], Some(2), t("2026-01-01T00:10:00Z"));
+    let both = status::merge_conditions(
+        &flipped,
+        &[Cond::new(types::DEGRADED, false, reasons::AS_EXPECTED, "")],
+        Some(2),
+        t("2026-01-01T00:10:00Z"),
+    );
     assert_eq!(both.len(), 2);
 }
 
@@ -245,13 +286,18 @@ fn deployment_with(desired: i32, ready: i32, failure: bool) -> Deployment {
 
 #[test]
 fn rollout_conditions_follow_deployments() {
-    let ready = status::rollout_conditions(&[("m".into(), deployment_with(2, 2, false))], &deployment_with(1, 1, false));
+    let ready =
+        status::rollout_conditions(&[("m".into(), deployment_with(2, 2, false))], &deployment_with(1, 1, false));
     assert!(ready.iter().any(|c| c.type_ == types::READY && c.status));
-    let waiting = status::rollout_conditions(&[("m".into(), deployment_with(2, 1, false))], &deployment_with(1, 1, false));
+    let waiting =
+        status::rollout_conditions(&[("m".into(), deployment_with(2, 1, false))], &deployment_with(1, 1, false));
     assert!(waiting.iter().any(|c| c.type_ == types::READY && !c.status && c.message.contains("model m")));
     assert!(waiting.iter().any(|c| c.type_ == types::PROGRESSING && c.status));
-    let failed = status::rollout_conditions(&[("m".into(), deployment_with(2, 0, true))], &deployment_with(1, 1, false));
-    assert!(failed.iter().any(|c| c.type_ == types::DEGRADED && c.status && c.message.contains("ProgressDeadlineExceeded")));
+    let failed =
+        status::rollout_conditions(&[("m".into(), deployment_with(2, 0, true))], &deployment_with(1, 1, false));
+    assert!(
+        failed.iter().any(|c| c.type_ == types::DEGRADED && c.status && c.message.contains("ProgressDeadlineExceeded"))
+    );
     let ms = status::model_status("m", &deployment_with(3, 2, false));
     assert_eq!((ms.replicas, ms.ready_replicas, ms.desired_replicas), (3, 2, 3));
     assert_eq!(status::replicas_summary(&[ms]), "2/3");
@@ -264,35 +310,53 @@ fn usage_report_aggregates_ray_facts() {
     assert_eq!((r.num_applications, r.num_models), (2, 3));
     assert!(r.serves_multiple_models && r.serves_multiple_apps);
     let qwen = &r.models[0];
-    assert_eq!((qwen.gpu_type.as_str(), qwen.num_gpus, qwen.autoscaling, qwen.min_replicas, qwen.max_replicas), ("A10G", 1, true, 1, 2));
+    assert_eq!(
+        (qwen.gpu_type.as_str(), qwen.num_gpus, qwen.autoscaling, qwen.min_replicas, qwen.max_replicas),
+        ("A10G", 1, true, 1, 2)
+    );
     assert_eq!(qwen.architecture, "unknown");
     let llama = &r.models[1];
-    assert_eq!((llama.architecture.as_str(), llama.tensor_parallel_size, llama.num_gpus, llama.initial_replicas), ("LlamaForCausalLM", 2, 2, 3));
+    assert_eq!(
+        (llama.architecture.as_str(), llama.tensor_parallel_size, llama.num_gpus, llama.initial_replicas),
+        ("LlamaForCausalLM", 2, 2, 3)
+    );
     assert_eq!((llama.lora, llama.lora_initial_adapters), (true, 1));
     let stories = &r.models[2];
-    assert_eq!((stories.gpu_type.as_str(), stories.num_gpus, stories.autoscaling, stories.min_replicas), ("none", 0, false, 3));
+    assert_eq!(
+        (stories.gpu_type.as_str(), stories.num_gpus, stories.autoscaling, stories.min_replicas),
+        ("none", 0, false, 3)
+    );
 
     let m = llmserve_operator::metrics::Metrics::new();
     usage::export(&m, &r);
     let text = m.render();
-    assert!(text.contains(r#"llmserve_usage_info{accelerator_type="A10G",architecture="unknown",autoscaling="true",lora="false",tensor_parallel_size="1"} 1"#), "{text}");
+    let info = concat!(
+        r#"llmserve_usage_info{accelerator_type="A10G",architecture="unknown",autoscaling="true","#,
+        r#"lora="false",tensor_parallel_size="1"} 1"#
+    );
+    assert!(text.contains(info), "{text}");
     assert!(text.contains(r#"llmserve_usage_applications{kind="models"} 3"#));
 }
 
 #[test]
 fn checked_in_crd_is_fresh() {
-    let path = format!("{}/../crds/llmapplications.yaml", env!("CARGO_MANIFEST_DIR"));
-    let on_disk = std::fs::read_to_string(&path).expect("crds/llmapplications.yaml exists");
+    let path = llmserve_test_support::crd_path();
+    let on_disk = std::fs::read_to_string(&path).expect("the chart's CRD exists");
     assert!(
         on_disk == llmserve_operator::crd_yaml(),
-        "crds/llmapplications.yaml is stale: run `cargo run -p llmserve-operator --bin crdgen > crds/llmapplications.yaml`"
+        "{} is stale: run `cargo run -p llmserve-operator --bin crdgen > charts/llmserve/crds/llmapplications.yaml`",
+        path.display()
     );
 }
 
 // === alerts ===
 
 fn promtool(args: &[&str], dir: &std::path::Path) -> String {
-    let out = std::process::Command::new("promtool").args(args).current_dir(dir).output().expect("promtool (Debian package `prometheus`) on PATH");
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (Debian package `prometheus`) on PATH");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
@@ -312,24 +376,44 @@ fn generated_alerts_fire_when_slos_break_and_stay_quiet_otherwise() {
         .map(|r| (r["labels"]["model"].as_str().unwrap().to_string(), r["alert"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(names.iter().filter(|(m, _)| m == "chat").count(), 5, "every SLO of chat: {names:?}");
-    assert_eq!(names.iter().filter(|(m, _)| m == "quiet").map(|(_, a)| a.as_str()).collect::<Vec<_>>(), ["LlmserveErrorRateHigh"], "engine metrics off: only the error rate");
+    assert_eq!(
+        names.iter().filter(|(m, _)| m == "quiet").map(|(_, a)| a.as_str()).collect::<Vec<_>>(),
+        ["LlmserveErrorRateHigh"],
+        "engine metrics off: only the error rate"
+    );
 
-    let readme = std::fs::read_to_string(format!("{}/../README.md", env!("CARGO_MANIFEST_DIR"))).unwrap().to_lowercase();
+    let readme =
+        std::fs::read_to_string(format!("{}/../README.md", env!("CARGO_MANIFEST_DIR"))).unwrap().to_lowercase();
     for r in groups[0]["rules"].as_array_mut().unwrap() {
         let a = r["annotations"].take();
-        assert!(a["summary"].as_str().is_some_and(|s| !s.is_empty()) && a["description"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(
+            a["summary"].as_str().is_some_and(|s| !s.is_empty())
+                && a["description"].as_str().is_some_and(|s| !s.is_empty())
+        );
         let anchor = a["runbook_url"].as_str().unwrap().rsplit('#').next().unwrap().to_string();
         assert!(readme.contains(&format!("#### {anchor}")), "README has no runbook heading for {anchor}");
         r.as_object_mut().unwrap().remove("annotations"); // promtool compares them verbatim; checked above
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("slo-rules.yaml"), serde_yaml::to_string(&serde_json::json!({"groups": groups})).unwrap()).unwrap();
-    std::fs::copy(format!("{}/tests/fixtures/slo-alerts.test.yaml", env!("CARGO_MANIFEST_DIR")), dir.path().join("slo-alerts.test.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("slo-rules.yaml"),
+        serde_yaml::to_string(&serde_json::json!({"groups": groups})).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{}/tests/fixtures/slo-alerts.test.yaml", env!("CARGO_MANIFEST_DIR")),
+        dir.path().join("slo-alerts.test.yaml"),
+    )
+    .unwrap();
     promtool(&["check", "rules", "slo-rules.yaml"], dir.path());
     let out = promtool(&["test", "rules", "slo-alerts.test.yaml"], dir.path());
     println!("{out}");
 
     // The full rule (annotations included) is valid too.
-    std::fs::write(dir.path().join("full.yaml"), serde_yaml::to_string(&serde_json::json!({"groups": build::rule_groups(&app)})).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("full.yaml"),
+        serde_yaml::to_string(&serde_json::json!({"groups": build::rule_groups(&app)})).unwrap(),
+    )
+    .unwrap();
     promtool(&["check", "rules", "full.yaml"], dir.path());
 }

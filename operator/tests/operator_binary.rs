@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,36 +12,20 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::Api;
 use llmserve_operator::crd::LlmApplication;
+use llmserve_test_support::process::{Process, free_port};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(45);
 
-struct Operator(Child, u16);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_operator(ns: &str, identity: &str, extra_env: &[(&str, &str)]) -> Operator {
+fn start_operator(ns: &str, identity: &str, extra_env: &[(&str, &str)]) -> Process {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmserve-operator"));
     cmd.env("KUBECONFIG", &control_plane().kubeconfig)
         .args(["--namespace", ns, "--watch-namespace", ns, "--identity", identity])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .args(["--lease-duration-seconds", "3", "--usage-interval-seconds", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    Operator(cmd.spawn().expect("start llmserve-operator"), port)
+        .envs(extra_env.iter().copied());
+    Process::spawn(cmd, port)
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -58,7 +42,9 @@ async fn metric_line(port: u16, prefix: &str) -> Option<String> {
 fn app_status(apps: &Api<LlmApplication>) -> String {
     let apps = apps.clone();
     std::thread::spawn(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(async move { format!("{:?}", apps.get("full").await.map(|a| a.status)) })
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move { format!("{:?}", apps.get("full").await.map(|a| a.status)) })
     })
     .join()
     .unwrap()
@@ -72,17 +58,20 @@ async fn the_binary_reconciles_reports_usage_and_survives_a_missing_service_moni
     namespace(&client, ns).await;
     let op = start_operator(ns, "op-a", &[]);
 
-    let ready = eventually(WAIT, || async { get(op.1, "/readyz").await.filter(|(c, _)| *c == 200) }).await;
+    let ready = eventually(WAIT, || async { get(op.port, "/readyz").await.filter(|(c, _)| *c == 200) }).await;
     assert!(ready.is_some(), "/readyz answers 200");
-    assert_eq!(get(op.1, "/healthz").await.unwrap().0, 200);
+    assert_eq!(get(op.port, "/healthz").await.unwrap().0, 200);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-    let holder = eventually(WAIT, || async { leases.get_opt("llmserve-operator").await.ok()??.spec?.holder_identity }).await;
+    let holder =
+        eventually(WAIT, || async { leases.get_opt("llmserve-operator").await.ok()??.spec?.holder_identity }).await;
     assert_eq!(holder.as_deref(), Some("op-a"));
 
     apply_app(&client, ns, &fixture("full.yaml", "full")).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     for name in ["full-llama-8b", "full-stories", "full-router"] {
-        eventually(WAIT, || async { deps.get_opt(name).await.ok().flatten() }).await.unwrap_or_else(|| panic!("{name}"));
+        eventually(WAIT, || async { deps.get_opt(name).await.ok().flatten() })
+            .await
+            .unwrap_or_else(|| panic!("{name}"));
     }
     assert!(Api::<Service>::namespaced(client.clone(), ns).get_opt("full-stories").await.unwrap().is_some());
 
@@ -108,14 +97,23 @@ async fn the_binary_reconciles_reports_usage_and_survives_a_missing_service_moni
     let (report, h100) = report;
     assert!(report["num_models"].as_u64().unwrap() >= 2 && report["serves_multiple_models"] == true);
     assert_eq!((h100["num_gpus"].as_i64(), h100["tensor_parallel_size"].as_i64()), (Some(2), Some(2)));
-    assert_eq!((h100["architecture"].as_str(), h100["lora_initial_adapters"].as_i64()), (Some("LlamaForCausalLM"), Some(1)));
-    assert_eq!((h100["min_replicas"].as_i64(), h100["max_replicas"].as_i64(), h100["initial_replicas"].as_i64()), (Some(2), Some(8), Some(3)));
+    assert_eq!(
+        (h100["architecture"].as_str(), h100["lora_initial_adapters"].as_i64()),
+        (Some("LlamaForCausalLM"), Some(1))
+    );
+    assert_eq!(
+        (h100["min_replicas"].as_i64(), h100["max_replicas"].as_i64(), h100["initial_replicas"].as_i64()),
+        (Some(2), Some(8), Some(3))
+    );
 
-    let line = eventually(WAIT, || async { metric_line(op.1, r#"llmserve_operator_reconciles_total{result="success"}"#).await }).await;
+    let line = eventually(WAIT, || async {
+        metric_line(op.port, r#"llmserve_operator_reconciles_total{result="success"}"#).await
+    })
+    .await;
     assert!(line.is_some(), "reconcile counter exported");
-    assert!(metric_line(op.1, "llmserve_usage_info{").await.is_some());
-    assert!(metric_line(op.1, "llmserve_operator_reconcile_duration_seconds_count").await.is_some());
-    assert_eq!(metric_line(op.1, "llmserve_operator_leader").await.as_deref(), Some("llmserve_operator_leader 1"));
+    assert!(metric_line(op.port, "llmserve_usage_info{").await.is_some());
+    assert!(metric_line(op.port, "llmserve_operator_reconcile_duration_seconds_count").await.is_some());
+    assert_eq!(metric_line(op.port, "llmserve_operator_leader").await.as_deref(), Some("llmserve_operator_leader 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,18 +124,22 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     namespace(&client, ns).await;
     let first = start_operator(ns, "first", &[("LLMSERVE_USAGE_STATS_ENABLED", "0")]);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-    eventually(WAIT, || async { (leases.get_opt("llmserve-operator").await.ok()??.spec?.holder_identity? == "first").then_some(()) })
-        .await
-        .expect("first replica leads");
+    eventually(WAIT, || async {
+        (leases.get_opt("llmserve-operator").await.ok()??.spec?.holder_identity? == "first").then_some(())
+    })
+    .await
+    .expect("first replica leads");
     let second = start_operator(ns, "second", &[("LLMSERVE_USAGE_STATS_ENABLED", "0")]);
-    eventually(WAIT, || async { get(second.1, "/readyz").await.filter(|(c, _)| *c == 200) }).await.expect("follower is ready");
-    assert_eq!(metric_line(second.1, "llmserve_operator_leader").await.as_deref(), Some("llmserve_operator_leader 0"));
+    eventually(WAIT, || async { get(second.port, "/readyz").await.filter(|(c, _)| *c == 200) })
+        .await
+        .expect("follower is ready");
+    assert_eq!(metric_line(second.port, "llmserve_operator_leader").await.as_deref(), Some("llmserve_operator_leader 0"));
     apply_app(&client, ns, &fixture("ray-example.yaml", "before-failover")).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     eventually(WAIT, || async { deps.get_opt("before-failover-router").await.ok().flatten() })
         .await
         .expect("the leader reconciles");
-    let (_, body) = get(second.1, "/metrics").await.expect("follower metrics");
+    let (_, body) = get(second.port, "/metrics").await.expect("follower metrics");
     let reconciles: Vec<&str> = body.lines().filter(|l| l.starts_with("llmserve_operator_reconciles_total")).collect();
     assert_eq!(reconciles.len(), 3, "zero-valued series for each result: {reconciles:?}");
     assert!(reconciles.iter().all(|l| l.ends_with(" 0")), "the follower reconciled nothing: {reconciles:?}");

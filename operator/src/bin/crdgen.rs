@@ -1,4 +1,5 @@
-//! Prints the LlmApplication CRD; `crds/llmapplications.yaml` is this output.
+//! Prints the LlmApplication CRD; `charts/llmserve/crds/llmapplications.yaml` (its one checked-in place) is this
+//! output.
 #![forbid(unsafe_code)]
 
 fn main() {

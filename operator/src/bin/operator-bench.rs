@@ -41,10 +41,17 @@ fn repo_root() -> PathBuf {
 }
 
 fn app(name: &str, ns: &str) -> LlmApplication {
-    let yaml = format!(
-        "apiVersion: llmserve.dev/v1alpha1\nkind: LlmApplication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  models:\n  - modelLoadingConfig: {{modelId: qwen-0.5b, modelSource: Qwen/Qwen2.5-0.5B-Instruct}}\n    acceleratorType: A10G\n    deploymentConfig: {{autoscalingConfig: {{minReplicas: 1, maxReplicas: 2}}}}\n"
-    );
-    serde_yaml::from_str(&yaml).unwrap()
+    let app = serde_json::json!({
+        "apiVersion": "llmserve.dev/v1alpha1",
+        "kind": "LlmApplication",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"models": [{
+            "modelLoadingConfig": {"modelId": "qwen-0.5b", "modelSource": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "acceleratorType": "A10G",
+            "deploymentConfig": {"autoscalingConfig": {"minReplicas": 1, "maxReplicas": 2}},
+        }]},
+    });
+    serde_json::from_value(app).unwrap()
 }
 
 fn peak_rss_mib(pid: u32) -> Option<f64> {
@@ -79,7 +86,8 @@ async fn baseline(client: &Client, ns: &str, n: usize, concurrency: usize) -> an
                 let rname = router.metadata.name.clone().unwrap();
                 let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
                 let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
-                let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+                let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+                    Api::namespaced(client.clone(), &ns);
                 deps.patch(&name, &pp, &Patch::Apply(&dep)).await?;
                 svcs.patch(&name, &pp, &Patch::Apply(&build::service(&created, m))).await?;
                 hpas.patch(&name, &pp, &Patch::Apply(build::hpa(&created, m).unwrap())).await?;
@@ -97,7 +105,14 @@ async fn baseline(client: &Client, ns: &str, n: usize, concurrency: usize) -> an
     Ok(start.elapsed())
 }
 
-async fn with_operator(client: &Client, kubeconfig: &PathBuf, operator: &PathBuf, ns: &str, n: usize, concurrency: usize) -> anyhow::Result<(Duration, f64)> {
+async fn with_operator(
+    client: &Client,
+    kubeconfig: &PathBuf,
+    operator: &PathBuf,
+    ns: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Duration, f64)> {
     namespace(client, ns).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut child = Command::new(operator)
@@ -133,7 +148,11 @@ async fn with_operator(client: &Client, kubeconfig: &PathBuf, operator: &PathBuf
         let done = list
             .items
             .iter()
-            .filter(|a| a.status.as_ref().is_some_and(|s| s.observed_generation == a.metadata.generation && s.router_url.is_some()))
+            .filter(|a| {
+                a.status
+                    .as_ref()
+                    .is_some_and(|s| s.observed_generation == a.metadata.generation && s.router_url.is_some())
+            })
             .count();
         if done == n {
             break;
@@ -161,7 +180,8 @@ async fn with_operator(client: &Client, kubeconfig: &PathBuf, operator: &PathBuf
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let operator = args.operator.clone().unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("llmserve-operator"));
+    let operator =
+        args.operator.clone().unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("llmserve-operator"));
     let dir = std::env::temp_dir().join(format!("llmserve-bench-{}", std::process::id()));
     let mut cp = Command::new("bash")
         .arg(repo_root().join("tests/harness/control-plane.sh"))
@@ -171,19 +191,25 @@ async fn main() -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(cp.stdout.take().unwrap()), &mut line)?;
     let kubeconfig = PathBuf::from(line.trim().strip_prefix("ready ").context("control plane failed")?);
-    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?;
+    let config =
+        Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?;
     let client = Client::try_from(config)?;
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("crds/llmapplications.yaml"))?)?;
+    let crd: CustomResourceDefinition =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("charts/llmserve/crds/llmapplications.yaml"))?)?;
     Api::<CustomResourceDefinition>::all(client.clone())
         .patch("llmapplications.llmserve.dev", &PatchParams::apply("bench"), &Patch::Apply(&crd))
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    println!("| apps | baseline: bench applies children itself (s) | operator: all reconciled, status written (s) | ratio | operator peak RSS (MiB) |");
+    println!(
+        "| apps | baseline: bench applies children itself (s) | operator: all reconciled, status written (s) | ratio | \
+            operator peak RSS (MiB) |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for n in &args.apps {
         let base = baseline(&client, &format!("base-{n}"), *n, args.concurrency).await?;
-        let (op, rss) = with_operator(&client, &kubeconfig, &operator, &format!("op-{n}"), *n, args.concurrency).await?;
+        let (op, rss) =
+            with_operator(&client, &kubeconfig, &operator, &format!("op-{n}"), *n, args.concurrency).await?;
         println!(
             "| {n} | {:.2} | {:.2} | {:.2} | {:.1} |",
             base.as_secs_f64(),

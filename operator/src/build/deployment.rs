@@ -201,7 +201,10 @@ pub fn resources(model: &ModelConfig) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_string());
     let (mut requests, mut limits) = if gpus > 0 {
         (
-            BTreeMap::from([("cpu".to_string(), q(&(4 * gpus).to_string())), ("memory".to_string(), q(&format!("{}Gi", 16 * gpus)))]),
+            BTreeMap::from([
+                ("cpu".to_string(), q(&(4 * gpus).to_string())),
+                ("memory".to_string(), q(&format!("{}Gi", 16 * gpus))),
+            ]),
             BTreeMap::from([("memory".to_string(), q(&format!("{}Gi", 32 * gpus)))]),
         )
     } else {

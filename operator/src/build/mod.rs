@@ -11,7 +11,7 @@ mod service_monitor;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, PodSecurityContext, Probe, SeccompProfile, SecurityContext, HTTPGetAction,
+    Capabilities, HTTPGetAction, PodSecurityContext, Probe, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,10 +21,17 @@ use crate::crd::{DEFAULT_IMAGE, LlmApplication, ModelConfig};
 
 pub use deployment::deployment;
 pub use hpa::{hpa, quantity_from_f64};
-pub use router::{router_deployment, router_role, router_role_binding, router_service, router_service_account, router_url};
+pub use prometheus_rule::{
+    PROMETHEUS_RULE_KIND, RUNBOOK_BASE, alerts, prometheus_rule, prometheus_rule_name, prometheus_rule_resource,
+    rule_groups,
+};
+pub use router::{
+    router_deployment, router_role, router_role_binding, router_service, router_service_account, router_url,
+};
 pub use service::service;
-pub use prometheus_rule::{PROMETHEUS_RULE_KIND, RUNBOOK_BASE, alerts, prometheus_rule, prometheus_rule_name, prometheus_rule_resource, rule_groups};
-pub use service_monitor::{APP_SERIES_LABEL, SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor, service_monitor_resource};
+pub use service_monitor::{
+    APP_SERIES_LABEL, SERVICE_MONITOR_API_VERSION, SERVICE_MONITOR_KIND, service_monitor, service_monitor_resource,
+};
 
 /// Port the serving container listens on for OpenAI routes, `/health` and `/metrics`.
 pub const HTTP_PORT: i32 = 8000;
@@ -85,9 +92,7 @@ pub fn slug(id: &str) -> String {
 
 /// Label-safe model id: characters labels refuse become `_`.
 pub fn label_value(id: &str) -> String {
-    id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
-        .collect()
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 /// Labels selecting one model's pods.
@@ -139,19 +144,13 @@ pub fn model_meta(app: &LlmApplication, model: &ModelConfig) -> ObjectMeta {
         model_object_name(&app_name, model.model_id()),
         object_labels(&model_selector(&app_name, model.model_id())),
     );
-    meta.annotations = Some(BTreeMap::from([(
-        labels::MODEL_ID_ANNOTATION.to_string(),
-        model.model_id().to_string(),
-    )]));
+    meta.annotations = Some(BTreeMap::from([(labels::MODEL_ID_ANNOTATION.to_string(), model.model_id().to_string())]));
     meta
 }
 
 /// The image a model runs: the model's override, else the app's, else the default.
 pub fn image_for(app: &LlmApplication, model: Option<&ModelConfig>) -> String {
-    model
-        .and_then(|m| m.image.clone())
-        .or_else(|| app.spec.image.clone())
-        .unwrap_or_else(|| DEFAULT_IMAGE.to_string())
+    model.and_then(|m| m.image.clone()).or_else(|| app.spec.image.clone()).unwrap_or_else(|| DEFAULT_IMAGE.to_string())
 }
 
 /// Non-root, seccomp'd pod: the serving image needs no privilege at all.

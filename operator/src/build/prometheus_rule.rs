@@ -30,7 +30,10 @@ pub mod alerts {
 
 /// The API resource of PrometheusRules.
 pub fn prometheus_rule_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("monitoring.coreos.com", "v1", PROMETHEUS_RULE_KIND), "prometheusrules")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", PROMETHEUS_RULE_KIND),
+        "prometheusrules",
+    )
 }
 
 /// Name of the application's PrometheusRule.
@@ -51,7 +54,8 @@ pub fn prometheus_rule(app: &LlmApplication) -> DynamicObject {
 pub fn rule_groups(app: &LlmApplication) -> Value {
     let ns = app.namespace().unwrap_or_else(|| "default".into());
     let app_name = app.name_any();
-    let rules: Vec<Value> = app.spec.models.iter().flat_map(|m| model_rules(&ns, &app_name, m, app.spec.engine_metrics(m))).collect();
+    let rules: Vec<Value> =
+        app.spec.models.iter().flat_map(|m| model_rules(&ns, &app_name, m, app.spec.engine_metrics(m))).collect();
     json!([{"name": format!("llmserve.{ns}.{app_name}.slo"), "rules": rules}])
 }
 
@@ -73,35 +77,52 @@ fn model_rules(ns: &str, app: &str, model: &ModelConfig, engine_metrics: bool) -
             },
         })
     };
-    let SloConfig { ttft_p95_seconds, tpot_p95_seconds, error_rate_percent, kv_cache_usage_max, queue_length_max } = slo;
+    let SloConfig { ttft_p95_seconds, tpot_p95_seconds, error_rate_percent, kv_cache_usage_max, queue_length_max } =
+        slo;
     let mut out = vec![rule(
         alerts::ERROR_RATE_HIGH,
         format!(
-            r#"100 * sum(rate(llmserve_http_requests_total{{{http}, status_class="5xx"}}[5m])) / sum(rate(llmserve_http_requests_total{{{http}}}[5m])) > {error_rate_percent}"#
+            "100 * sum(rate(llmserve_http_requests_total{{{http}, status_class=\"5xx\"}}[5m])) \
+             / sum(rate(llmserve_http_requests_total{{{http}}}[5m])) > {error_rate_percent}"
         ),
         "5m",
         "critical",
         format!("{id}: more than {error_rate_percent}% of answers are errors"),
-        format!("{{{{ $value | humanize }}}}% of the answers of model {id} in {app} ({ns}) were 5xx over 5 minutes; the SLO allows {error_rate_percent}%."),
+        format!(
+            "{{{{ $value | humanize }}}}% of the answers of model {id} in {app} ({ns}) were 5xx over 5 minutes; the \
+                SLO allows {error_rate_percent}%."
+        ),
     )];
     if !engine_metrics {
         return out; // the other SLOs read engine metrics, which this model does not export
     }
     out.push(rule(
         alerts::TTFT_HIGH,
-        format!("histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{engine}}}[5m]))) > {ttft_p95_seconds}"),
+        format!(
+            "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{engine}}}[5m]))) \
+            > {ttft_p95_seconds}"
+        ),
         "5m",
         "warning",
         format!("{id}: p95 time to first token above {ttft_p95_seconds} s"),
-        format!("The p95 time to first token of model {id} in {app} ({ns}) is {{{{ $value | humanizeDuration }}}}; the SLO is {ttft_p95_seconds} s."),
+        format!(
+            "The p95 time to first token of model {id} in {app} ({ns}) is {{{{ $value | humanizeDuration }}}}; the \
+            SLO is {ttft_p95_seconds} s."
+        ),
     ));
     out.push(rule(
         alerts::TPOT_HIGH,
-        format!("histogram_quantile(0.95, sum by (le) (rate(vllm:request_time_per_output_token_seconds_bucket{{{engine}}}[5m]))) > {tpot_p95_seconds}"),
+        format!(
+            "histogram_quantile(0.95, sum by (le) \
+            (rate(vllm:request_time_per_output_token_seconds_bucket{{{engine}}}[5m]))) > {tpot_p95_seconds}"
+        ),
         "5m",
         "warning",
         format!("{id}: p95 time per output token above {tpot_p95_seconds} s"),
-        format!("The p95 time per output token of model {id} in {app} ({ns}) is {{{{ $value | humanizeDuration }}}}; the SLO is {tpot_p95_seconds} s."),
+        format!(
+            "The p95 time per output token of model {id} in {app} ({ns}) is {{{{ $value | humanizeDuration }}}}; \
+            the SLO is {tpot_p95_seconds} s."
+        ),
     ));
     out.push(rule(
         alerts::KV_CACHE_FULL,
@@ -109,7 +130,10 @@ fn model_rules(ns: &str, app: &str, model: &ModelConfig, engine_metrics: bool) -
         "10m",
         "warning",
         format!("{id}: a replica's KV cache is above {kv_cache_usage_max}"),
-        format!("Replica {{{{ $labels.pod }}}} of model {id} in {app} ({ns}) has used {{{{ $value | humanizePercentage }}}} of its KV cache for 10 minutes; the limit is {kv_cache_usage_max}."),
+        format!(
+            "Replica {{{{ $labels.pod }}}} of model {id} in {app} ({ns}) has used \
+            {{{{ $value | humanizePercentage }}}} of its KV cache for 10 minutes; the limit is {kv_cache_usage_max}."
+        ),
     ));
     out.push(rule(
         alerts::QUEUE_LONG,
@@ -117,7 +141,10 @@ fn model_rules(ns: &str, app: &str, model: &ModelConfig, engine_metrics: bool) -
         "5m",
         "warning",
         format!("{id}: more than {queue_length_max} requests waiting"),
-        format!("{{{{ $value }}}} requests of model {id} in {app} ({ns}) have been waiting for 5 minutes; the limit is {queue_length_max}."),
+        format!(
+            "{{{{ $value }}}} requests of model {id} in {app} ({ns}) have been waiting for 5 minutes; the limit is \
+            {queue_length_max}."
+        ),
     ));
     out
 }

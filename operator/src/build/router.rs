@@ -58,11 +58,7 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
         readiness_probe: Some(health_probe(5, 3)),
         liveness_probe: Some(health_probe(10, 6)),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }]),
         ..Default::default()
     };
     Deployment {
@@ -142,6 +138,11 @@ pub fn router_role_binding(app: &LlmApplication) -> RoleBinding {
     RoleBinding {
         metadata: child_meta(app, name.clone(), object_labels(&router_selector(&app.name_any()))),
         role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
-        subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name, namespace: app.namespace(), ..Default::default() }]),
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: app.namespace(),
+            ..Default::default()
+        }]),
     }
 }

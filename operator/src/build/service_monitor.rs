@@ -1,8 +1,8 @@
 //! Prometheus Operator ServiceMonitors, built as dynamic objects: the CRD may be absent, and the
 //! operator discovers it at run time instead of depending on its types.
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use super::*;

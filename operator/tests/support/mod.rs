@@ -53,7 +53,11 @@ pub fn fixture(name: &str, app_name: &str) -> serde_json::Value {
 }
 
 /// Applies an LlmApplication the way `kubectl apply --server-side` does (strict field validation).
-pub async fn apply_app(client: &Client, ns: &str, app: &serde_json::Value) -> Result<llmserve_operator::crd::LlmApplication, kube::Error> {
+pub async fn apply_app(
+    client: &Client,
+    ns: &str,
+    app: &serde_json::Value,
+) -> Result<llmserve_operator::crd::LlmApplication, kube::Error> {
     let api: Api<llmserve_operator::crd::LlmApplication> = Api::namespaced(client.clone(), ns);
     let mut pp = PatchParams::apply("kubectl").force();
     pp.field_validation = Some(kube::api::ValidationDirective::Strict);

@@ -63,7 +63,8 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
-        let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
+        let cfg: ModelConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -71,7 +72,9 @@ impl ModelConfig {
     fn check(&self) -> Result<()> {
         let arch = self.architecture();
         if !SUPPORTED_ARCHITECTURES.contains(&arch) {
-            return Err(Error::Load(format!("unsupported architecture {arch:?}; supported: {SUPPORTED_ARCHITECTURES:?}")));
+            return Err(Error::Load(format!(
+                "unsupported architecture {arch:?}; supported: {SUPPORTED_ARCHITECTURES:?}"
+            )));
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(Error::Load("num_attention_heads must be a multiple of num_key_value_heads".into()));
@@ -116,8 +119,12 @@ impl GenerationConfig {
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Load(format!("{file}: {e}")))?;
             if out.eos_token_ids.is_empty() {
                 match &v["eos_token_id"] {
-                    serde_json::Value::Number(n) => out.eos_token_ids = n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-                    serde_json::Value::Array(a) => out.eos_token_ids = a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect(),
+                    serde_json::Value::Number(n) => {
+                        out.eos_token_ids = n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
+                    }
+                    serde_json::Value::Array(a) => {
+                        out.eos_token_ids = a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect()
+                    }
                     _ => {}
                 }
             }

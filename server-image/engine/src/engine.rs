@@ -194,14 +194,29 @@ impl Seq {
 }
 
 /// Starts the engine thread over a loaded model and cache.
-pub fn spawn(model: Model, cache: KvCache, tokenizer: Arc<Tokenizer>, cfg: EngineConfig, metrics: Option<EngineMetrics>) -> EngineHandle {
+pub fn spawn(
+    model: Model,
+    cache: KvCache,
+    tokenizer: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    metrics: Option<EngineMetrics>,
+) -> EngineHandle {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared::default());
     let handle = EngineHandle { tx, shared: shared.clone(), max_waiting: cfg.max_waiting };
     std::thread::Builder::new()
         .name("llmserve-engine".into())
         .spawn(move || {
-            let mut core = Core { model, cache, tokenizer, sched: Scheduler::new(cfg.scheduler), cfg, metrics, seqs: HashMap::new(), shared: shared.clone() };
+            let mut core = Core {
+                model,
+                cache,
+                tokenizer,
+                sched: Scheduler::new(cfg.scheduler),
+                cfg,
+                metrics,
+                seqs: HashMap::new(),
+                shared: shared.clone(),
+            };
             core.run(rx);
             shared.stopped.store(true, Ordering::Relaxed);
         })
@@ -255,7 +270,12 @@ impl Core {
                 let detok = match IncrementalDecoder::new(&self.tokenizer, &req.prompt) {
                     Ok(d) => d,
                     Err(e) => {
-                        let _ = tx.send(Event::Finished { reason: FinishReason::Abort, prompt_tokens: req.prompt.len(), completion_tokens: 0, error: Some(e.to_string()) });
+                        let _ = tx.send(Event::Finished {
+                            reason: FinishReason::Abort,
+                            prompt_tokens: req.prompt.len(),
+                            completion_tokens: 0,
+                            error: Some(e.to_string()),
+                        });
                         return;
                     }
                 };
@@ -289,7 +309,14 @@ impl Core {
         let plan = self.sched.schedule(&mut self.cache.blocks);
         for key in plan.too_large {
             let msg = "the sequence needs more KV-cache blocks than the engine has".to_string();
-            self.seqs.get(&key).map(|s| s.tx.send(Event::Finished { reason: FinishReason::Abort, prompt_tokens: s.req.prompt.len(), completion_tokens: 0, error: Some(msg) }));
+            self.seqs.get(&key).map(|s| {
+                s.tx.send(Event::Finished {
+                    reason: FinishReason::Abort,
+                    prompt_tokens: s.req.prompt.len(),
+                    completion_tokens: 0,
+                    error: Some(msg),
+                })
+            });
             self.seqs.remove(&key);
         }
         if let Some(m) = &self.metrics {
@@ -364,7 +391,16 @@ impl Core {
                 let before = seq.text.len();
                 seq.text.push_str(&piece);
                 // A stop string ends the output where it begins; it may span pieces.
-                let hit = seq.req.stop.iter().filter_map(|st| seq.text[before.saturating_sub(st.len())..].find(st.as_str()).map(|i| i + before.saturating_sub(st.len()))).min();
+                let hit = seq
+                    .req
+                    .stop
+                    .iter()
+                    .filter_map(|st| {
+                        seq.text[before.saturating_sub(st.len())..]
+                            .find(st.as_str())
+                            .map(|i| i + before.saturating_sub(st.len()))
+                    })
+                    .min();
                 let out = match hit {
                     Some(at) => {
                         finish = Some(FinishReason::Stop);
@@ -378,7 +414,9 @@ impl Core {
                 if seq.tx.send(Event::Token { id: next, text: out }).is_err() {
                     finish = Some(FinishReason::Abort); // the client went away
                 }
-                if finish.is_none() && (seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len) {
+                if finish.is_none()
+                    && (seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len)
+                {
                     finish = Some(FinishReason::Length);
                 }
             }
@@ -415,7 +453,12 @@ impl Core {
         }
         // The sequence's blocks are free and it no longer runs: the gauges say so before the answer.
         self.publish_gauges();
-        let _ = seq.tx.send(Event::Finished { reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: completion, error });
+        let _ = seq.tx.send(Event::Finished {
+            reason,
+            prompt_tokens: seq.req.prompt.len(),
+            completion_tokens: completion,
+            error,
+        });
     }
 
     /// The truth about queue lengths, after every loop; `submit` only adds to `waiting` between

@@ -81,10 +81,18 @@ pub const ENGINE_FAMILIES: &[&str] = &[
     BATCH_SIZE,
 ];
 
-const TTFT_BUCKETS: [f64; 22] = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];
-const TOKEN_LATENCY_BUCKETS: [f64; 19] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
-const REQUEST_LATENCY_BUCKETS: [f64; 21] = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0];
-const ITERATION_BUCKETS: [f64; 13] = [1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
+const TTFT_BUCKETS: [f64; 22] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
+];
+const TOKEN_LATENCY_BUCKETS: [f64; 19] =
+    [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+const REQUEST_LATENCY_BUCKETS: [f64; 21] = [
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
+];
+const ITERATION_BUCKETS: [f64; 13] =
+    [1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
 const N_BUCKETS: [f64; 5] = [1.0, 2.0, 5.0, 10.0, 20.0];
 
 /// vLLM's 1-2-5 series up to `max`: 1, 2, 5, 10, 20, 50, ...
@@ -170,7 +178,12 @@ pub struct CacheInfo {
 
 impl EngineMetrics {
     /// Registers every engine family in `registry` with `model_name` and `engine="0"` labels.
-    pub fn register(registry: &Registry, model_name: &str, max_model_len: usize, cache: &CacheInfo) -> prometheus::Result<Self> {
+    pub fn register(
+        registry: &Registry,
+        model_name: &str,
+        max_model_len: usize,
+        cache: &CacheInfo,
+    ) -> prometheus::Result<Self> {
         let labels = [("model_name", model_name), ("engine", "0")];
         let opts = |name: &str, help: &str| {
             let mut o = Opts::new(name, help);
@@ -198,12 +211,24 @@ impl EngineMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let success = IntCounterVec::new(opts(&format!("{REQUEST_SUCCESS}_total"), "Finished requests by finish reason."), &["finished_reason"])?;
+        let success = IntCounterVec::new(
+            opts(&format!("{REQUEST_SUCCESS}_total"), "Finished requests by finish reason."),
+            &["finished_reason"],
+        )?;
         registry.register(Box::new(success.clone()))?;
         let lens = one_two_five_buckets(max_model_len.max(1));
-        let info = GaugeVec::new(opts(CACHE_CONFIG_INFO, "Information of the KV cache configuration."), &["block_size", "num_gpu_blocks", "enable_prefix_caching", "cache_dtype"])?;
+        let info = GaugeVec::new(
+            opts(CACHE_CONFIG_INFO, "Information of the KV cache configuration."),
+            &["block_size", "num_gpu_blocks", "enable_prefix_caching", "cache_dtype"],
+        )?;
         registry.register(Box::new(info.clone()))?;
-        info.with_label_values(&[&cache.block_size.to_string(), &cache.num_blocks.to_string(), &cache.prefix_caching.to_string(), &cache.cache_dtype]).set(1.0);
+        info.with_label_values(&[
+            &cache.block_size.to_string(),
+            &cache.num_blocks.to_string(),
+            &cache.prefix_caching.to_string(),
+            &cache.cache_dtype,
+        ])
+        .set(1.0);
         Ok(EngineMetrics {
             running: gauge(NUM_REQUESTS_RUNNING, "Number of requests in model execution batches.")?,
             waiting: gauge(NUM_REQUESTS_WAITING, "Number of requests waiting to be processed.")?,
@@ -212,21 +237,60 @@ impl EngineMetrics {
             generation_tokens: counter(GENERATION_TOKENS, "Number of generation tokens processed.")?,
             success,
             preemptions: counter(NUM_PREEMPTIONS, "Cumulative number of preemptions from the engine.")?,
-            prefix_queries: counter(PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of number of queried tokens.")?,
+            prefix_queries: counter(
+                PREFIX_CACHE_QUERIES,
+                "Prefix cache queries, in terms of number of queried tokens.",
+            )?,
             prefix_hits: counter(PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens.")?,
-            ttft: hist(TIME_TO_FIRST_TOKEN_SECONDS, "Histogram of time to first token in seconds.", TTFT_BUCKETS.to_vec())?,
-            itl: hist(INTER_TOKEN_LATENCY_SECONDS, "Histogram of inter-token latency in seconds.", TOKEN_LATENCY_BUCKETS.to_vec())?,
-            tpot: hist(REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS, "Histogram of time per output token in seconds.", TOKEN_LATENCY_BUCKETS.to_vec())?,
-            e2e: hist(E2E_REQUEST_LATENCY_SECONDS, "Histogram of end to end request latency in seconds.", REQUEST_LATENCY_BUCKETS.to_vec())?,
-            queue: hist(REQUEST_QUEUE_TIME_SECONDS, "Histogram of time spent in WAITING phase for request.", REQUEST_LATENCY_BUCKETS.to_vec())?,
-            inference: hist(REQUEST_INFERENCE_TIME_SECONDS, "Histogram of time spent in RUNNING phase for request.", REQUEST_LATENCY_BUCKETS.to_vec())?,
-            prefill: hist(REQUEST_PREFILL_TIME_SECONDS, "Histogram of time spent in PREFILL phase for request.", REQUEST_LATENCY_BUCKETS.to_vec())?,
-            decode: hist(REQUEST_DECODE_TIME_SECONDS, "Histogram of time spent in DECODE phase for request.", REQUEST_LATENCY_BUCKETS.to_vec())?,
+            ttft: hist(
+                TIME_TO_FIRST_TOKEN_SECONDS,
+                "Histogram of time to first token in seconds.",
+                TTFT_BUCKETS.to_vec(),
+            )?,
+            itl: hist(
+                INTER_TOKEN_LATENCY_SECONDS,
+                "Histogram of inter-token latency in seconds.",
+                TOKEN_LATENCY_BUCKETS.to_vec(),
+            )?,
+            tpot: hist(
+                REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS,
+                "Histogram of time per output token in seconds.",
+                TOKEN_LATENCY_BUCKETS.to_vec(),
+            )?,
+            e2e: hist(
+                E2E_REQUEST_LATENCY_SECONDS,
+                "Histogram of end to end request latency in seconds.",
+                REQUEST_LATENCY_BUCKETS.to_vec(),
+            )?,
+            queue: hist(
+                REQUEST_QUEUE_TIME_SECONDS,
+                "Histogram of time spent in WAITING phase for request.",
+                REQUEST_LATENCY_BUCKETS.to_vec(),
+            )?,
+            inference: hist(
+                REQUEST_INFERENCE_TIME_SECONDS,
+                "Histogram of time spent in RUNNING phase for request.",
+                REQUEST_LATENCY_BUCKETS.to_vec(),
+            )?,
+            prefill: hist(
+                REQUEST_PREFILL_TIME_SECONDS,
+                "Histogram of time spent in PREFILL phase for request.",
+                REQUEST_LATENCY_BUCKETS.to_vec(),
+            )?,
+            decode: hist(
+                REQUEST_DECODE_TIME_SECONDS,
+                "Histogram of time spent in DECODE phase for request.",
+                REQUEST_LATENCY_BUCKETS.to_vec(),
+            )?,
             prompt_len: hist(REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.", lens.clone())?,
             generation_len: hist(REQUEST_GENERATION_TOKENS, "Number of generation tokens processed.", lens.clone())?,
             max_tokens: hist(REQUEST_PARAMS_MAX_TOKENS, "Histogram of the max_tokens request parameter.", lens)?,
             n: hist(REQUEST_PARAMS_N, "Histogram of the n request parameter.", N_BUCKETS.to_vec())?,
-            iteration_tokens: hist(ITERATION_TOKENS, "Histogram of number of tokens per engine_step.", ITERATION_BUCKETS.to_vec())?,
+            iteration_tokens: hist(
+                ITERATION_TOKENS,
+                "Histogram of number of tokens per engine_step.",
+                ITERATION_BUCKETS.to_vec(),
+            )?,
             batch_size: gauge(BATCH_SIZE, "Sequences in the engine's current batch.")?,
         })
     }

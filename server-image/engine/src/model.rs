@@ -120,7 +120,8 @@ impl Model {
                 linear("self_attn.v_proj", qkv_bias)?,
                 linear("self_attn.o_proj", false)?,
             );
-            let (gate, up, down) = (linear("mlp.gate_proj", false)?, linear("mlp.up_proj", false)?, linear("mlp.down_proj", false)?);
+            let (gate, up, down) =
+                (linear("mlp.gate_proj", false)?, linear("mlp.up_proj", false)?, linear("mlp.down_proj", false)?);
             layers.push(Layer {
                 input_norm: take(&format!("{p}.input_layernorm.weight"))?,
                 post_norm: take(&format!("{p}.post_attention_layernorm.weight"))?,
@@ -247,7 +248,8 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, scale: f64, kv_he
             }
         }
         let mask = Tensor::from_vec(mask, (1, 1, len, ctx), q.device())?.to_dtype(scores.dtype())?;
-        scores = scores.reshape((kv_heads, rep, len, ctx))?.broadcast_add(&mask)?.reshape((kv_heads, rep * len, ctx))?;
+        scores =
+            scores.reshape((kv_heads, rep, len, ctx))?.broadcast_add(&mask)?.reshape((kv_heads, rep * len, ctx))?;
     }
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(v)?; // [kv, rep*len, hd]

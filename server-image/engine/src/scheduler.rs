@@ -164,7 +164,11 @@ impl Scheduler {
                 continue;
             }
             // The last token is always computed: its logits give the next token.
-            let hits = if s.computed == 0 && blocks.prefix_caching() { blocks.take_prefix(&s.tokens, s.tokens.len() - 1) } else { Vec::new() };
+            let hits = if s.computed == 0 && blocks.prefix_caching() {
+                blocks.take_prefix(&s.tokens, s.tokens.len() - 1)
+            } else {
+                Vec::new()
+            };
             let cached = hits.len() * blocks.block_size();
             let (table_before, computed_before) = (s.block_table.len(), s.computed);
             if s.computed == 0 {

@@ -14,7 +14,8 @@ impl Tokenizer {
     /// Reads `tokenizer.json` from `dir`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
         Ok(Tokenizer { inner })
     }
 
@@ -63,5 +64,4 @@ impl IncrementalDecoder {
         self.emitted = text.len();
         Ok(Some(piece))
     }
-
 }

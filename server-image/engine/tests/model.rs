@@ -10,7 +10,7 @@ use llmserve_engine::sampling::argmax;
 use llmserve_engine::tokenizer::Tokenizer;
 
 fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260k");
+    let dir = llmserve_test_support::stories260k();
     assert!(dir.join("config.json").exists(), "stories260k not found at {}", dir.display());
     dir
 }
@@ -65,7 +65,9 @@ fn dense_logits(dir: &std::path::Path, ids: &[u32]) -> Vec<f32> {
     let w = |n: &str| t[n].to_vec2::<f32>().unwrap();
     let w1 = |n: &str| t[n].to_vec1::<f32>().unwrap();
     let (h, heads, kvh, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-    let matvec = |m: &Vec<Vec<f32>>, x: &[f32]| -> Vec<f32> { m.iter().map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum()).collect() };
+    let matvec = |m: &Vec<Vec<f32>>, x: &[f32]| -> Vec<f32> {
+        m.iter().map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    };
     let rms = |x: &[f32], g: &[f32]| -> Vec<f32> {
         let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
         let r = 1.0 / (ms + cfg.rms_norm_eps as f32).sqrt();
@@ -86,9 +88,19 @@ fn dense_logits(dir: &std::path::Path, ids: &[u32]) -> Vec<f32> {
     let mut xs: Vec<Vec<f32>> = ids.iter().map(|&i| embed[i as usize].clone()).collect();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let (wq, wk, wv, wo) = (w(&format!("{p}.self_attn.q_proj.weight")), w(&format!("{p}.self_attn.k_proj.weight")), w(&format!("{p}.self_attn.v_proj.weight")), w(&format!("{p}.self_attn.o_proj.weight")));
-        let (wg, wu, wd) = (w(&format!("{p}.mlp.gate_proj.weight")), w(&format!("{p}.mlp.up_proj.weight")), w(&format!("{p}.mlp.down_proj.weight")));
-        let (g1, g2) = (w1(&format!("{p}.input_layernorm.weight")), w1(&format!("{p}.post_attention_layernorm.weight")));
+        let (wq, wk, wv, wo) = (
+            w(&format!("{p}.self_attn.q_proj.weight")),
+            w(&format!("{p}.self_attn.k_proj.weight")),
+            w(&format!("{p}.self_attn.v_proj.weight")),
+            w(&format!("{p}.self_attn.o_proj.weight")),
+        );
+        let (wg, wu, wd) = (
+            w(&format!("{p}.mlp.gate_proj.weight")),
+            w(&format!("{p}.mlp.up_proj.weight")),
+            w(&format!("{p}.mlp.down_proj.weight")),
+        );
+        let (g1, g2) =
+            (w1(&format!("{p}.input_layernorm.weight")), w1(&format!("{p}.post_attention_layernorm.weight")));
         let normed: Vec<Vec<f32>> = xs.iter().map(|x| rms(x, &g1)).collect();
         // Qwen2 adds biases to q, k and v; Llama has none.
         let bias = |name: &str, y: Vec<f32>| -> Vec<f32> {
@@ -109,7 +121,12 @@ fn dense_logits(dir: &std::path::Path, ids: &[u32]) -> Vec<f32> {
             for hh in 0..heads {
                 let kv = hh / (heads / kvh);
                 let qh = &q[i][hh * hd..(hh + 1) * hd];
-                let sc: Vec<f32> = (0..=i).map(|j| qh.iter().zip(&k[j][kv * hd..(kv + 1) * hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()).collect();
+                let sc: Vec<f32> = (0..=i)
+                    .map(|j| {
+                        qh.iter().zip(&k[j][kv * hd..(kv + 1) * hd]).map(|(a, b)| a * b).sum::<f32>()
+                            / (hd as f32).sqrt()
+                    })
+                    .collect();
                 let m = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = sc.iter().map(|s| (s - m).exp()).collect();
                 let z: f32 = e.iter().sum();
@@ -140,7 +157,8 @@ fn dense_logits(dir: &std::path::Path, ids: &[u32]) -> Vec<f32> {
 fn batched_paged_step_equals_dense_unbatched_forward() {
     let dir = model_dir();
     let tok = Tokenizer::load(&dir).unwrap();
-    let prompts = ["Once upon a time, there was a big dog", "The cat", "Tom and Lily went to the park to play with a ball"];
+    let prompts =
+        ["Once upon a time, there was a big dog", "The cat", "Tom and Lily went to the park to play with a ball"];
     let seqs: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
     batched_equals_dense(&dir, &seqs);
 }

@@ -29,12 +29,26 @@ pub struct ApiError {
 impl ApiError {
     /// 400 for a bad field.
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: Some(param.into()), code: None, retry_after: None }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: Some(param.into()),
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// 400 for a body that is not the JSON we expect.
     pub fn malformed(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: None, code: Some("invalid_json"), retry_after: None }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_json"),
+            retry_after: None,
+        }
     }
 
     /// 404 for a model that is not served here; the message lists the models that are.
@@ -52,27 +66,62 @@ impl ApiError {
 
     /// 413 for a body over the limit.
     pub fn too_large(limit: usize) -> Self {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, message: format!("request body exceeds {limit} bytes"), kind: "invalid_request_error", param: None, code: Some("request_too_large"), retry_after: None }
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body exceeds {limit} bytes"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+            retry_after: None,
+        }
     }
 
     /// 429 when the waiting queue is full.
     pub fn overloaded() -> Self {
-        ApiError { status: StatusCode::TOO_MANY_REQUESTS, message: "the server's request queue is full; retry later".into(), kind: "rate_limit_error", param: None, code: Some("queue_full"), retry_after: Some(1) }
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "the server's request queue is full; retry later".into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+            retry_after: Some(1),
+        }
     }
 
     /// 503 while the model loads or after the engine stopped.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), kind: "service_unavailable", param: None, code: Some("unavailable"), retry_after: Some(5) }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "service_unavailable",
+            param: None,
+            code: Some("unavailable"),
+            retry_after: Some(5),
+        }
     }
 
     /// 404 for a path no route serves.
     pub fn no_route() -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, message: "no such route".into(), kind: "invalid_request_error", param: None, code: Some("not_found"), retry_after: None }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: "no such route".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+            retry_after: None,
+        }
     }
 
     /// 500 for an engine failure; the message says what failed, not how.
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), kind: "server_error", param: None, code: None, retry_after: None }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// The envelope as JSON.

@@ -28,7 +28,10 @@ impl Serving {
     /// Stops accepting and waits up to `grace` for the requests in flight (streams included);
     /// false when the grace period ran out first.
     pub async fn drain(self, grace: Duration) -> bool {
-        tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: no new requests, finishing those in flight");
+        tracing::info!(
+            grace_seconds = grace.as_secs_f64(),
+            "shutting down: no new requests, finishing those in flight"
+        );
         let _ = self.stop.send(true);
         let done = tokio::time::timeout(grace, self.task).await.is_ok();
         if !done {

@@ -45,10 +45,20 @@ pub fn app(state: AppState, prefix: &str) -> Router {
     let openai = Router::new()
         .route(MODELS, get(list))
         .route(MODEL, get(one))
-        .route(COMPLETIONS, post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, COMPLETIONS, h, b)))
-        .route(CHAT_COMPLETIONS, post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, CHAT_COMPLETIONS, h, b)));
+        .route(
+            COMPLETIONS,
+            post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, COMPLETIONS, h, b)),
+        )
+        .route(
+            CHAT_COMPLETIONS,
+            post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, CHAT_COMPLETIONS, h, b)),
+        );
     let routes = if prefix.is_empty() { openai } else { Router::new().nest(prefix, openai) };
-    routes.route(HEALTH, get(health)).route(METRICS, get(metrics)).fallback(|| async { ApiError::no_route() }).with_state(state)
+    routes
+        .route(HEALTH, get(health))
+        .route(METRICS, get(metrics))
+        .fallback(|| async { ApiError::no_route() })
+        .with_state(state)
 }
 
 fn card(state: &AppState, model: &str) -> Value {

@@ -4,7 +4,11 @@ use std::net::IpAddr;
 
 /// Flags of `llmserve-router`.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "llmserve-router", version, about = "OpenAI-compatible router in front of the models of one LlmApplication")]
+#[command(
+    name = "llmserve-router",
+    version,
+    about = "OpenAI-compatible router in front of the models of one LlmApplication"
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "LLMSERVE_ROUTER_HOST", default_value = "127.0.0.1")]

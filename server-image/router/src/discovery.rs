@@ -33,7 +33,11 @@ pub fn ready_urls(slices: &[Arc<EndpointSlice>], service: &str, port_name: &str)
             continue;
         }
         let ports = slice.ports.as_deref().unwrap_or_default();
-        let port = ports.iter().find(|p| p.name.as_deref() == Some(port_name)).or(if ports.len() == 1 { ports.first() } else { None });
+        let port = ports.iter().find(|p| p.name.as_deref() == Some(port_name)).or(if ports.len() == 1 {
+            ports.first()
+        } else {
+            None
+        });
         let Some(port) = port.and_then(|p| p.port) else { continue };
         for ep in &slice.endpoints {
             // A missing `ready` means ready (the API's documented default).
@@ -41,7 +45,11 @@ pub fn ready_urls(slices: &[Arc<EndpointSlice>], service: &str, port_name: &str)
                 continue;
             }
             if let Some(addr) = ep.addresses.first() {
-                urls.push(if addr.contains(':') { format!("http://[{addr}]:{port}") } else { format!("http://{addr}:{port}") });
+                urls.push(if addr.contains(':') {
+                    format!("http://[{addr}]:{port}")
+                } else {
+                    format!("http://{addr}:{port}")
+                });
             }
         }
     }
@@ -52,7 +60,14 @@ pub fn ready_urls(slices: &[Arc<EndpointSlice>], service: &str, port_name: &str)
 
 /// Follows the EndpointSlices of `targets` in `namespace` until the process ends; sets `synced`
 /// once the first full list is in.
-pub async fn run(client: kube::Client, namespace: String, targets: Vec<Target>, port_name: String, pool: Arc<Pool>, synced: Arc<AtomicBool>) {
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    targets: Vec<Target>,
+    port_name: String,
+    pool: Arc<Pool>,
+    synced: Arc<AtomicBool>,
+) {
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let services: Vec<&str> = targets.iter().map(|t| t.service.as_str()).collect();
     let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL} in ({})", services.join(",")));

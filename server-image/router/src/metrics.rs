@@ -68,14 +68,42 @@ impl Metrics {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model", "route"])
         };
         let m = Metrics {
-            requests: counter(REQUESTS_TOTAL, "Requests at the router by model, route and status class.", &["model", "route", "status_class"])?,
-            duration: histogram(REQUEST_DURATION_SECONDS, "Request duration at the router until the response's last byte.")?,
-            first_byte: histogram(TIME_TO_FIRST_BYTE_SECONDS, "Time at the router until the response's first body byte.")?,
-            prompt_tokens: counter(PROMPT_TOKENS_TOTAL, "Prompt tokens of answered requests, from their usage.", &["model"])?,
-            completion_tokens: counter(COMPLETION_TOKENS_TOTAL, "Completion tokens of answered requests, from their usage.", &["model"])?,
-            in_flight: IntGaugeVec::new(Opts::new(REQUESTS_IN_FLIGHT, "Requests being served by the router."), &["model"])?,
-            retries: counter(RETRIES_TOTAL, "Requests retried on another replica after a refused connection.", &["model"])?,
-            ready_replicas: IntGaugeVec::new(Opts::new(READY_REPLICAS, "Replicas the router can send requests to."), &["model"])?,
+            requests: counter(
+                REQUESTS_TOTAL,
+                "Requests at the router by model, route and status class.",
+                &["model", "route", "status_class"],
+            )?,
+            duration: histogram(
+                REQUEST_DURATION_SECONDS,
+                "Request duration at the router until the response's last byte.",
+            )?,
+            first_byte: histogram(
+                TIME_TO_FIRST_BYTE_SECONDS,
+                "Time at the router until the response's first body byte.",
+            )?,
+            prompt_tokens: counter(
+                PROMPT_TOKENS_TOTAL,
+                "Prompt tokens of answered requests, from their usage.",
+                &["model"],
+            )?,
+            completion_tokens: counter(
+                COMPLETION_TOKENS_TOTAL,
+                "Completion tokens of answered requests, from their usage.",
+                &["model"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new(REQUESTS_IN_FLIGHT, "Requests being served by the router."),
+                &["model"],
+            )?,
+            retries: counter(
+                RETRIES_TOTAL,
+                "Requests retried on another replica after a refused connection.",
+                &["model"],
+            )?,
+            ready_replicas: IntGaugeVec::new(
+                Opts::new(READY_REPLICAS, "Replicas the router can send requests to."),
+                &["model"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;

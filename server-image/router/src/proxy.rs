@@ -20,7 +20,8 @@ use crate::sse::{Usage, UsageFilter};
 /// Request headers passed on to the replica.
 const FORWARDED_REQUEST_HEADERS: &[header::HeaderName] = &[header::AUTHORIZATION, header::ACCEPT];
 /// Response headers passed back to the client.
-const FORWARDED_RESPONSE_HEADERS: &[header::HeaderName] = &[header::CONTENT_TYPE, header::RETRY_AFTER, header::CACHE_CONTROL];
+const FORWARDED_RESPONSE_HEADERS: &[header::HeaderName] =
+    &[header::CONTENT_TYPE, header::RETRY_AFTER, header::CACHE_CONTROL];
 const REQUEST_ID: &str = "x-request-id";
 
 /// Forwards a `POST` on `route` (a path template such as `/v1/completions`).
@@ -28,12 +29,30 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
     let start = Instant::now();
     let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes)),
+        Err(_) => {
+            return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes));
+        }
     };
     let mut req = match serde_json::from_slice::<Value>(&bytes) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::malformed("the request body must be a JSON object")),
-        Err(e) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::malformed(format!("the request body is not valid JSON: {e}"))),
+        Ok(_) => {
+            return reject(
+                &state.metrics,
+                UNKNOWN_MODEL,
+                route,
+                start,
+                ApiError::malformed("the request body must be a JSON object"),
+            );
+        }
+        Err(e) => {
+            return reject(
+                &state.metrics,
+                UNKNOWN_MODEL,
+                route,
+                start,
+                ApiError::malformed(format!("the request body is not valid JSON: {e}")),
+            );
+        }
     };
     let models: Vec<&str> = state.pool.models().iter().map(String::as_str).collect();
     let model = match req.get("model").and_then(Value::as_str) {
@@ -78,17 +97,33 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
             out = out.header(name, v.clone());
         }
     }
-    let is_sse = upstream.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
         out = out.header("x-accel-buffering", HeaderValue::from_static("no"));
-        let passing = Passing { upstream: upstream.bytes_stream().boxed(), filter: UsageFilter::new(strip), tracker, _lease: lease, done: false };
-        return out.body(Body::from_stream(pass_through(passing))).unwrap_or_else(|_| ApiError::internal("building the response failed").into_response());
+        let passing = Passing {
+            upstream: upstream.bytes_stream().boxed(),
+            filter: UsageFilter::new(strip),
+            tracker,
+            _lease: lease,
+            done: false,
+        };
+        return out
+            .body(Body::from_stream(pass_through(passing)))
+            .unwrap_or_else(|_| ApiError::internal("building the response failed").into_response());
     }
     let body = match upstream.bytes().await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(model, error = %e, "replica failed while sending its answer");
-            return ApiError { status: StatusCode::BAD_GATEWAY, ..ApiError::internal("the model replica failed while answering") }.into_response();
+            return ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                ..ApiError::internal("the model replica failed while answering")
+            }
+            .into_response();
         }
     };
     tracker.first_byte();
@@ -101,7 +136,13 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
 
 /// Sends to the least busy replica; a refused connection is retried once on another replica,
 /// since nothing reached the model yet.
-async fn send(state: &AppState, model: &str, route: &str, headers: &HeaderMap, body: Bytes) -> Result<(reqwest::Response, Lease), ApiError> {
+async fn send(
+    state: &AppState,
+    model: &str,
+    route: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(reqwest::Response, Lease), ApiError> {
     let mut refused: Option<String> = None;
     for attempt in 0..2 {
         let Some(lease) = state.pool.pick(model, refused.as_deref()) else { break };
@@ -124,18 +165,28 @@ async fn send(state: &AppState, model: &str, route: &str, headers: &HeaderMap, b
             }
             Ok(Err(e)) => {
                 tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica failed before answering");
-                return Err(ApiError { status: StatusCode::BAD_GATEWAY, ..ApiError::internal("the model replica failed before answering") });
+                return Err(ApiError {
+                    status: StatusCode::BAD_GATEWAY,
+                    ..ApiError::internal("the model replica failed before answering")
+                });
             }
             Err(_) => {
                 return Err(ApiError {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     code: Some("timeout"),
-                    ..ApiError::internal(format!("the model replica did not answer within {:?}", state.response_timeout))
+                    ..ApiError::internal(format!(
+                        "the model replica did not answer within {:?}",
+                        state.response_timeout
+                    ))
                 });
             }
         }
     }
-    Err(ApiError { retry_after: Some(1), code: Some("no_ready_replica"), ..ApiError::unavailable(format!("no ready replica of model `{model}`; retry later")) })
+    Err(ApiError {
+        retry_after: Some(1),
+        code: Some("no_ready_replica"),
+        ..ApiError::unavailable(format!("no ready replica of model `{model}`; retry later"))
+    })
 }
 
 /// Answers an error found before any replica was asked.
@@ -167,7 +218,10 @@ impl Tracker {
 
     fn first_byte(&self) {
         if !self.first_byte_seen.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            self.metrics.first_byte.with_label_values(&[&self.model, self.route]).observe(self.start.elapsed().as_secs_f64());
+            self.metrics
+                .first_byte
+                .with_label_values(&[&self.model, self.route])
+                .observe(self.start.elapsed().as_secs_f64());
         }
     }
 

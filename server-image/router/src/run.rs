@@ -74,9 +74,18 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
     // One TLS provider for the process (the workspace's reqwest and kube are built without one).
     let _ = rustls::crypto::ring::default_provider().install_default();
     if !targets.is_empty() {
-        let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("--backend-service needs the Kubernetes API: {e}"))?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow::anyhow!("--backend-service needs the Kubernetes API: {e}"))?;
         let namespace = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
-        tokio::spawn(discovery::run(client, namespace, targets, args.endpoint_port.clone(), pool.clone(), synced.clone()));
+        tokio::spawn(discovery::run(
+            client,
+            namespace,
+            targets,
+            args.endpoint_port.clone(),
+            pool.clone(),
+            synced.clone(),
+        ));
     }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs_f64(args.connect_timeout_seconds))

@@ -50,7 +50,11 @@ impl UsageFilter {
             let chunk = data_json(event);
             if let Some(u) = chunk.as_ref().and_then(Usage::of) {
                 self.usage = Some(u);
-                let usage_only = chunk.as_ref().and_then(|c| c.get("choices")).and_then(Value::as_array).is_some_and(|c| c.is_empty());
+                let usage_only = chunk
+                    .as_ref()
+                    .and_then(|c| c.get("choices"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.is_empty());
                 if self.strip && usage_only {
                     continue;
                 }
@@ -92,7 +96,8 @@ fn split_events(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// The JSON of an event's `data:` lines, if it is JSON.
 fn data_json(event: &[u8]) -> Option<Value> {
     let text = std::str::from_utf8(event).ok()?;
-    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+    let data: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
     serde_json::from_str(&data.join("\n")).ok()
 }
 
@@ -102,7 +107,8 @@ mod tests {
 
     const CHUNK: &str = "data: {\"choices\":[{\"index\":0,\"text\":\"Once\"}]}\n\n";
     const LAST: &str = "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n";
-    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n";
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
 
     fn run(strip: bool, pieces: &[&[u8]]) -> (String, Option<Usage>) {

@@ -2,38 +2,20 @@
 //! routing by model, streaming passthrough, errors, balancing, service-level metrics, and
 //! EndpointSlice discovery against the real test API server.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use llmserve_test_support::server::{Server, free_port, host_ip, wait_healthy};
+use llmserve_test_support::process::{Process, free_port};
+use llmserve_test_support::server::{Server, host_ip};
 use serde_json::{Value, json};
 
-struct Router {
-    url: String,
-    child: Child,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn router(args: &[String], env: &[(&str, &str)]) -> Router {
+fn router(args: &[String], env: &[(&str, &str)]) -> Process {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_llmserve-router"))
-        .args(["--port", &port.to_string(), "--log-format", "text"])
-        .args(args)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn llmserve-router");
-    let r = Router { url: format!("http://127.0.0.1:{port}"), child };
-    wait_healthy(&r.url, Duration::from_secs(30));
-    r
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmserve-router"));
+    cmd.args(["--port", &port.to_string(), "--log-format", "text"]).args(args).envs(env.iter().copied());
+    cmd.env("RUST_LOG", "warn");
+    Process::spawn(cmd, port).ready("/health", Duration::from_secs(30))
 }
 
 fn backend(model: &str, url: &str) -> [String; 2] {
@@ -50,7 +32,8 @@ async fn post(url: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value
 /// The value of one exposition line, `name{labels}` exactly as Prometheus text writes it.
 async fn sample(base: &str, series: &str) -> Option<f64> {
     let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
 }
 
 async fn metrics_text(base: &str) -> String {
@@ -95,7 +78,11 @@ async fn routes_by_model_streams_through_and_maps_errors() {
         sample(&url, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#).await
     };
     assert_eq!(served(alpha.url.clone()).await, Some(1.0));
-    assert!(metrics_text(&beta.url).await.contains(r#"llmserve_http_requests_total{model="beta",route="/v1/completions",status_class="2xx"} 1"#));
+    assert!(
+        metrics_text(&beta.url)
+            .await
+            .contains(r#"llmserve_http_requests_total{model="beta",route="/v1/completions",status_class="2xx"} 1"#)
+    );
 
     // Streaming passes through as the tokens come: the first chunk reaches the client while the
     // backend is still generating, and the usage chunk the router asked for is stripped.
@@ -106,7 +93,8 @@ async fn routes_by_model_streams_through_and_maps_errors() {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut chunks = resp.bytes_stream();
     let first = chunks.next().await.unwrap().unwrap();
-    let in_flight = sample(&alpha.url, r#"llmserve_http_requests_in_flight{model="alpha",route="/v1/completions"}"#).await;
+    let in_flight =
+        sample(&alpha.url, r#"llmserve_http_requests_in_flight{model="alpha",route="/v1/completions"}"#).await;
     assert_eq!(in_flight, Some(1.0), "the first chunk arrived only after the backend had finished");
     let mut text = String::from_utf8(first.to_vec()).unwrap();
     let mut reads = 1;
@@ -123,7 +111,15 @@ async fn routes_by_model_streams_through_and_maps_errors() {
     // The client that asks for usage gets it.
     body["max_tokens"] = 5.into();
     body["stream_options"] = json!({"include_usage": true});
-    let text = reqwest::Client::new().post(format!("{api}/completions")).json(&body).send().await.unwrap().text().await.unwrap();
+    let text = reqwest::Client::new()
+        .post(format!("{api}/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains(r#""usage":{"completion_tokens":5"#) || text.contains(r#""completion_tokens":5"#), "{text}");
 
     // Errors.
@@ -146,8 +142,14 @@ async fn routes_by_model_streams_through_and_maps_errors() {
     assert_eq!((status, v["error"]["code"].as_str()), (413, Some("request_too_large")));
 
     let m = metrics_text(&r.url).await;
-    assert!(m.contains(r#"llmserve_router_requests_total{model="gamma",route="/v1/completions",status_class="5xx"} 1"#), "{m}");
-    assert!(m.contains(r#"llmserve_router_requests_total{model="unknown",route="/v1/completions",status_class="4xx"} 4"#), "{m}");
+    assert!(
+        m.contains(r#"llmserve_router_requests_total{model="gamma",route="/v1/completions",status_class="5xx"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"llmserve_router_requests_total{model="unknown",route="/v1/completions",status_class="4xx"} 4"#),
+        "{m}"
+    );
     assert!(m.contains(r#"llmserve_router_ready_replicas{model="alpha"} 1"#));
 }
 
@@ -163,13 +165,34 @@ async fn service_level_counters_equal_what_clients_saw_with_engine_metrics_off()
         let (route, mut body) = if i % 2 == 0 {
             ("/v1/completions", completion(model, 3 + i))
         } else {
-            ("/v1/chat/completions", json!({"model": model, "messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 2 + i}))
+            (
+                "/v1/chat/completions",
+                json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "Tell me a story"}],
+                    "max_tokens": 2 + i,
+                }),
+            )
         };
         let usage = if i % 4 == 1 {
             body["stream"] = true.into();
             body["stream_options"] = json!({"include_usage": true});
-            let text = reqwest::Client::new().post(format!("{}{route}", r.url)).json(&body).send().await.unwrap().text().await.unwrap();
-            let last: Value = text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| d.contains("\"usage\"")).map(|d| serde_json::from_str(d).unwrap()).next_back().unwrap();
+            let text = reqwest::Client::new()
+                .post(format!("{}{route}", r.url))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let last: Value = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| d.contains("\"usage\""))
+                .map(|d| serde_json::from_str(d).unwrap())
+                .next_back()
+                .unwrap();
             last["usage"].clone()
         } else {
             let (status, _, v) = post(&format!("{}{route}", r.url), body).await;
@@ -187,20 +210,41 @@ async fn service_level_counters_equal_what_clients_saw_with_engine_metrics_off()
             if *m != model {
                 continue;
             }
-            let got = sample(&r.url, &format!(r#"llmserve_router_requests_total{{model="{m}",route="{route}",status_class="2xx"}}"#)).await;
+            let got = sample(
+                &r.url,
+                &format!(r#"llmserve_router_requests_total{{model="{m}",route="{route}",status_class="2xx"}}"#),
+            )
+            .await;
             assert_eq!(got, Some(*n as f64), "{m} {route}");
-            let dur = sample(&r.url, &format!(r#"llmserve_router_request_duration_seconds_count{{model="{m}",route="{route}"}}"#)).await;
+            let dur = sample(
+                &r.url,
+                &format!(r#"llmserve_router_request_duration_seconds_count{{model="{m}",route="{route}"}}"#),
+            )
+            .await;
             assert_eq!(dur, Some(*n as f64));
-            let ttfb = sample(&r.url, &format!(r#"llmserve_router_time_to_first_byte_seconds_count{{model="{m}",route="{route}"}}"#)).await;
+            let ttfb = sample(
+                &r.url,
+                &format!(r#"llmserve_router_time_to_first_byte_seconds_count{{model="{m}",route="{route}"}}"#),
+            )
+            .await;
             assert_eq!(ttfb, Some(*n as f64));
             requests += n;
             prompt += p;
             completion_tokens += c;
         }
         assert!(requests > 0);
-        assert_eq!(sample(&r.url, &format!(r#"llmserve_router_prompt_tokens_total{{model="{model}"}}"#)).await, Some(prompt as f64));
-        assert_eq!(sample(&r.url, &format!(r#"llmserve_router_completion_tokens_total{{model="{model}"}}"#)).await, Some(completion_tokens as f64));
-        assert_eq!(sample(&r.url, &format!(r#"llmserve_router_requests_in_flight{{model="{model}"}}"#)).await, Some(0.0));
+        assert_eq!(
+            sample(&r.url, &format!(r#"llmserve_router_prompt_tokens_total{{model="{model}"}}"#)).await,
+            Some(prompt as f64)
+        );
+        assert_eq!(
+            sample(&r.url, &format!(r#"llmserve_router_completion_tokens_total{{model="{model}"}}"#)).await,
+            Some(completion_tokens as f64)
+        );
+        assert_eq!(
+            sample(&r.url, &format!(r#"llmserve_router_requests_in_flight{{model="{model}"}}"#)).await,
+            Some(0.0)
+        );
     }
     for s in [&alpha, &beta] {
         assert!(!metrics_text(&s.url).await.contains("vllm:"), "engine metrics are off on the backends");
@@ -225,7 +269,9 @@ async fn least_outstanding_spreads_load_and_refused_replicas_are_retried() {
     .await;
     assert!(replies.iter().all(|s| *s == 200), "{replies:?} (the dead replica must be skipped)");
     let count = |s: String| async move {
-        sample(&s, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#).await.unwrap_or(0.0)
+        sample(&s, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#)
+            .await
+            .unwrap_or(0.0)
     };
     let (n1, n2) = (count(a1.url.clone()).await, count(a2.url.clone()).await);
     println!("8 concurrent requests in {:?}: {n1} on replica 1, {n2} on replica 2", started.elapsed());
@@ -255,14 +301,24 @@ mod discovery {
             "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": ports.first().copied().unwrap_or(1), "protocol": "TCP"}],
-            "endpoints": endpoints.iter().map(|(_, ready)| json!({"addresses": [host_ip().to_string()], "conditions": {"ready": ready}})).collect::<Vec<_>>(),
+            "endpoints": endpoints
+                .iter()
+                .map(|(_, ready)| json!({"addresses": [host_ip().to_string()], "conditions": {"ready": ready}}))
+                .collect::<Vec<_>>(),
         })
     }
 
     async fn served_by(router: &str, servers: &[&Server]) -> Vec<f64> {
         let mut out = Vec::new();
         for s in servers {
-            out.push(sample(&s.url, r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#).await.unwrap_or(0.0));
+            out.push(
+                sample(
+                    &s.url,
+                    r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#,
+                )
+                .await
+                .unwrap_or(0.0),
+            );
         }
         let _ = router;
         out
@@ -282,7 +338,8 @@ mod discovery {
         slices.patch("other-1", &pp, &Patch::Apply(slice("other-1", "model-other", &[(&a2, true)]))).await.unwrap();
 
         let kubeconfig = control_plane().kubeconfig.to_string_lossy().into_owned();
-        let args: Vec<String> = ["--backend-service", "alpha=model-alpha", "--namespace", ns].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> =
+            ["--backend-service", "alpha=model-alpha", "--namespace", ns].iter().map(|s| s.to_string()).collect();
         let r = router(&args, &[("KUBECONFIG", &kubeconfig)]);
         let url = format!("{}/v1/completions", r.url);
 
@@ -294,7 +351,8 @@ mod discovery {
         // The replica moves: the router follows.
         slices.patch("alpha-1", &pp, &Patch::Apply(slice("alpha-1", "model-alpha", &[(&a2, true)]))).await.unwrap();
         let moved = eventually(Duration::from_secs(20), || async {
-            (post(&url, completion("alpha", 4)).await.0 == 200 && served_by(&r.url, &[&a2]).await[0] > 0.0).then_some(())
+            (post(&url, completion("alpha", 4)).await.0 == 200 && served_by(&r.url, &[&a2]).await[0] > 0.0)
+                .then_some(())
         })
         .await;
         assert!(moved.is_some(), "requests never reached the new replica");
@@ -312,7 +370,10 @@ mod discovery {
         // Not ready, then gone: no replica, 503.
         slices.patch("alpha-1", &pp, &Patch::Apply(slice("alpha-1", "model-alpha", &[(&a2, false)]))).await.unwrap();
         slices.delete("alpha-2", &DeleteParams::default()).await.unwrap();
-        let gone = eventually(Duration::from_secs(20), || async { (post(&url, completion("alpha", 4)).await.0 == 503).then_some(()) }).await;
+        let gone = eventually(Duration::from_secs(20), || async {
+            (post(&url, completion("alpha", 4)).await.0 == 503).then_some(())
+        })
+        .await;
         assert!(gone.is_some(), "requests still routed to a replica that is not ready");
         let models: Value = reqwest::get(format!("{}/v1/models", r.url)).await.unwrap().json().await.unwrap();
         assert_eq!(models["data"][0]["ready_replicas"], 0);
@@ -329,16 +390,18 @@ async fn sigterm_drains_in_flight_streams() {
     let resp = reqwest::Client::new().post(format!("{}/v1/completions", r.url)).json(&body).send().await.unwrap();
     let mut chunks = resp.bytes_stream();
     let mut text = String::from_utf8(chunks.next().await.unwrap().unwrap().to_vec()).unwrap();
-    let _ = Command::new("kill").arg("-TERM").arg(r.child.id().to_string()).status();
+    r.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = reqwest::Client::new().post(format!("{}/v1/completions", r.url)).json(&completion("alpha", 2)).send().await;
+    let refused =
+        reqwest::Client::new().post(format!("{}/v1/completions", r.url)).json(&completion("alpha", 2)).send().await;
     assert!(refused.is_err(), "a draining router takes no new connections");
-    let running = sample(&alpha.url, r#"llmserve_http_requests_in_flight{model="alpha",route="/v1/completions"}"#).await;
+    let running =
+        sample(&alpha.url, r#"llmserve_http_requests_in_flight{model="alpha",route="/v1/completions"}"#).await;
     assert_eq!(running, Some(1.0), "the stream must still be running when the router is told to stop");
     while let Some(c) = chunks.next().await {
         text.push_str(std::str::from_utf8(&c.expect("the stream finishes")).unwrap());
     }
     assert!(text.trim_end().ends_with("data: [DONE]"));
     assert!(text.contains(r#""finish_reason":"length""#), "the whole stream arrived");
-    assert!(r.child.wait().unwrap().success(), "the router exits cleanly after the drain");
+    assert!(r.wait().success(), "the router exits cleanly after the drain");
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 /// Flags of `llmserve-server`.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "llmserve-server", version, about = "Serves a Hugging Face Llama or Qwen2 model with OpenAI routes and vLLM-compatible metrics")]
+#[command(
+    name = "llmserve-server",
+    version,
+    about = "Serves a Hugging Face Llama or Qwen2 model with OpenAI routes and vLLM-compatible metrics"
+)]
 pub struct Args {
     /// Model directory (config.json, *.safetensors, tokenizer.json), or a Hugging Face repo id
     /// (downloaded into the Hugging Face cache: `HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`).
@@ -30,7 +34,12 @@ pub struct Args {
     #[arg(long, env = "LLMSERVE_DEVICE", default_value = "cpu", value_parser = ["cpu", "cuda"])]
     pub device: String,
     /// Compute dtype; `auto` is float32 on CPU and the checkpoint's dtype on CUDA.
-    #[arg(long, env = "LLMSERVE_DTYPE", default_value = "auto", value_parser = ["auto", "float32", "float16", "bfloat16"])]
+    #[arg(
+        long,
+        env = "LLMSERVE_DTYPE",
+        default_value = "auto",
+        value_parser = ["auto", "float32", "float16", "bfloat16"]
+    )]
     pub dtype: String,
     /// Longest prompt + completion; defaults to the model's `max_position_embeddings`.
     #[arg(long, env = "LLMSERVE_MAX_MODEL_LEN")]

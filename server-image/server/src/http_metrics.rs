@@ -14,7 +14,8 @@ pub const HTTP_REQUESTS_IN_FLIGHT: &str = "llmserve_http_requests_in_flight";
 pub const HTTP_REQUESTS_REJECTED_TOTAL: &str = "llmserve_http_requests_rejected_total";
 
 /// Every HTTP family as exposed on `/metrics`.
-pub const HTTP_FAMILIES: &[&str] = &[HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_REJECTED_TOTAL];
+pub const HTTP_FAMILIES: &[&str] =
+    &[HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_REJECTED_TOTAL];
 
 /// Reasons of [`HTTP_REQUESTS_REJECTED_TOTAL`].
 pub const REJECTED_QUEUE_FULL: &str = "queue_full";
@@ -37,16 +38,25 @@ impl HttpMetrics {
     /// Registers the HTTP families, with zero-valued series for the OpenAI routes so that the
     /// model and replica are visible (and rates defined) before the first request.
     pub fn register(registry: &Registry, model: &str) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests by route, model and status class."), &["route", "model", "status_class"])?;
+        let requests = IntCounterVec::new(
+            Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests by route, model and status class."),
+            &["route", "model", "status_class"],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(HTTP_REQUEST_DURATION_SECONDS, "HTTP request duration until the response's last byte.")
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
             &["route", "model"],
         )?;
-        let in_flight = IntGaugeVec::new(Opts::new(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being served."), &["route", "model"])?;
+        let in_flight =
+            IntGaugeVec::new(Opts::new(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being served."), &["route", "model"])?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        let rejected = IntCounterVec::new(Opts::new(HTTP_REQUESTS_REJECTED_TOTAL, "Requests refused for backpressure, by reason."), &["model", "reason"])?;
+        let rejected = IntCounterVec::new(
+            Opts::new(HTTP_REQUESTS_REJECTED_TOTAL, "Requests refused for backpressure, by reason."),
+            &["model", "reason"],
+        )?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         for route in [llmserve_openai::routes::COMPLETIONS, llmserve_openai::routes::CHAT_COMPLETIONS] {

@@ -21,18 +21,28 @@ pub async fn resolve(model: &str, revision: &str) -> anyhow::Result<PathBuf> {
         return Ok(local.to_path_buf());
     }
     if local.is_absolute() || model.starts_with('.') || local.exists() || !is_repo_id(model) {
-        anyhow::bail!("--model {model:?} is neither a model directory (no config.json there) nor a Hugging Face repo id like Qwen/Qwen2.5-0.5B-Instruct");
+        anyhow::bail!(
+            "--model {model:?} is neither a model directory (no config.json there) nor a Hugging Face repo id like \
+                Qwen/Qwen2.5-0.5B-Instruct"
+        );
     }
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let api = ApiBuilder::from_env().with_progress(false).build().map_err(|e| anyhow::anyhow!("the Hugging Face client could not start: {e}"))?;
+    let api = ApiBuilder::from_env()
+        .with_progress(false)
+        .build()
+        .map_err(|e| anyhow::anyhow!("the Hugging Face client could not start: {e}"))?;
     let id = Repo::with_revision(model.to_string(), RepoType::Model, revision.to_string());
     let repo = Hub { api: api.repo(id.clone()), cache: hf_hub::Cache::from_env().repo(id) };
     let failed = |file: &str, e: ApiError| {
         anyhow::anyhow!(
-            "downloading {file} of {model} (revision {revision}) from {endpoint} failed: {e}. Without access to the Hugging Face Hub, download the model elsewhere and pass its directory to --model"
+            "downloading {file} of {model} (revision {revision}) from {endpoint} failed: {e}. Without access to the \
+                Hugging Face Hub, download the model elsewhere and pass its directory to --model"
         )
     };
-    tracing::info!(model, revision, %endpoint, "fetching the model from the Hugging Face Hub (cached files are reused)");
+    tracing::info!(
+        model, revision, %endpoint,
+        "fetching the model from the Hugging Face Hub (cached files are reused)"
+    );
     let started = Instant::now();
     let mut config = None;
     for file in REQUIRED {
@@ -49,7 +59,10 @@ pub async fn resolve(model: &str, revision: &str) -> anyhow::Result<PathBuf> {
         match fetch(&repo, "model.safetensors.index.json").await {
             Ok(index) => {
                 let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
-                let mut shards: Vec<&str> = v["weight_map"].as_object().map(|m| m.values().filter_map(|f| f.as_str()).collect()).unwrap_or_default();
+                let mut shards: Vec<&str> = v["weight_map"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|f| f.as_str()).collect())
+                    .unwrap_or_default();
                 shards.sort_unstable();
                 shards.dedup();
                 for shard in shards {
@@ -68,7 +81,8 @@ pub async fn resolve(model: &str, revision: &str) -> anyhow::Result<PathBuf> {
 
 /// `owner/name` or `name`, as the Hub spells repo ids.
 fn is_repo_id(s: &str) -> bool {
-    let ok = |p: &str| !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let ok =
+        |p: &str| !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     match s.split_once('/') {
         Some((owner, name)) => ok(owner) && ok(name),
         None => ok(s),

@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
     // re-executed below is handed that directory and asks the Hub nothing.
     let dir = match std::env::var_os(RESOLVED_MODEL_DIR) {
         Some(dir) => PathBuf::from(dir),
-        None => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(llmserve_server::hub::resolve(&args.model, &args.revision))?,
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(llmserve_server::hub::resolve(&args.model, &args.revision))?,
     };
     args.model_path = Some(dir.clone());
     if let Some(n) = llmserve_server::serve::cpu_threads_to_set(&args)? {

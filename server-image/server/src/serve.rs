@@ -75,9 +75,17 @@ pub fn cpu_threads_to_set(args: &Args) -> anyhow::Result<Option<usize>> {
                 .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
                 .filter_map(|e| e.metadata().ok().map(|m| m.len()))
                 .sum();
-            if bytes < SMALL_MODEL_BYTES { 1 } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+            if bytes < SMALL_MODEL_BYTES {
+                1
+            } else {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            }
         }
-        n => n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| anyhow::anyhow!("--cpu-threads takes a positive number or auto, got {n:?}"))?,
+        n => n
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("--cpu-threads takes a positive number or auto, got {n:?}"))?,
     };
     Ok((current != Some(wanted)).then_some(wanted))
 }
@@ -90,7 +98,10 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let dtype = dtype(args, &cfg, &device);
     let started = std::time::Instant::now();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
-    tracing::info!(model = %dir.display(), architecture = cfg.architecture(), ?dtype, device = %args.device, cpu_threads = %threads, "loading weights");
+    tracing::info!(
+        model = %dir.display(), architecture = cfg.architecture(), ?dtype, device = %args.device,
+        cpu_threads = %threads, "loading weights"
+    );
     let model = Model::load(&dir, &device, dtype)?;
     let tokenizer = Arc::new(Tokenizer::load(&dir)?);
     let generation = GenerationConfig::load(&dir)?;
@@ -98,8 +109,19 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let kv_bytes = match (args.kv_cache_bytes, crate::gpu::mem_info(&device)) {
         (Some(b), _) => b,
         (None, Some((free, total))) => {
-            let budget = crate::gpu::kv_cache_budget(free, total, args.gpu_memory_utilization, activation_reserve(&cfg, args, dtype));
-            tracing::info!(free_bytes = free, total_bytes = total, utilization = args.gpu_memory_utilization, kv_cache_bytes = budget, "sized the KV cache from GPU memory");
+            let budget = crate::gpu::kv_cache_budget(
+                free,
+                total,
+                args.gpu_memory_utilization,
+                activation_reserve(&cfg, args, dtype),
+            );
+            tracing::info!(
+                free_bytes = free,
+                total_bytes = total,
+                utilization = args.gpu_memory_utilization,
+                kv_cache_bytes = budget,
+                "sized the KV cache from GPU memory"
+            );
             budget
         }
         (None, None) => DEFAULT_CPU_KV_CACHE_BYTES,
@@ -110,7 +132,12 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let metrics = if args.disable_engine_metrics {
         None
     } else {
-        let info = CacheInfo { block_size: args.block_size, num_blocks, prefix_caching: args.enable_prefix_caching, cache_dtype: format!("{dtype:?}").to_lowercase() };
+        let info = CacheInfo {
+            block_size: args.block_size,
+            num_blocks,
+            prefix_caching: args.enable_prefix_caching,
+            cache_dtype: format!("{dtype:?}").to_lowercase(),
+        };
         let m = EngineMetrics::register(&state.registry, &state.model_id, state.max_model_len, &info)?;
         if !device.is_cpu() {
             crate::gpu::watch(device.clone(), &state.registry, &state.model_id)?;
@@ -122,14 +149,28 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["chat_template"].as_str().map(String::from));
     let engine_cfg = EngineConfig {
-        scheduler: SchedulerConfig { max_num_seqs: args.max_num_seqs, max_num_batched_tokens: args.max_num_batched_tokens.max(args.max_model_len.unwrap_or(0)) },
+        scheduler: SchedulerConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_num_batched_tokens: args.max_num_batched_tokens.max(args.max_model_len.unwrap_or(0)),
+        },
         max_model_len: state.max_model_len,
         max_waiting: args.max_waiting_requests,
         eos_token_ids: generation.eos_token_ids,
     };
     let handle = engine::spawn(model, cache, tokenizer.clone(), engine_cfg, metrics);
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), kv_blocks = num_blocks, block_size = args.block_size, "model loaded");
-    state.set_loaded(Loaded { engine: handle, tokenizer, chat_template, architecture: cfg.architecture().to_string(), model_vocab_size: cfg.vocab_size });
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        kv_blocks = num_blocks,
+        block_size = args.block_size,
+        "model loaded"
+    );
+    state.set_loaded(Loaded {
+        engine: handle,
+        tokenizer,
+        chat_template,
+        architecture: cfg.architecture().to_string(),
+        model_vocab_size: cfg.vocab_size,
+    });
     Ok(())
 }
 
@@ -160,7 +201,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         res = loader => {
             res??;
-            println!("llmserve-server: serving {:?} at http://{addr}/v1 (try: curl http://{addr}/v1/completions -H 'content-type: application/json' -d '{{\"model\": \"{}\", \"prompt\": \"Once upon a time\", \"max_tokens\": 32}}')", state.model_id, state.model_id);
+            println!("llmserve-server: serving {:?} at http://{addr}/v1 (try: curl http://{addr}/v1/completions -H \
+                'content-type: application/json' -d '{{\"model\": \"{}\", \"prompt\": \"Once upon a time\", \
+                    \"max_tokens\": 32}}')", state.model_id, state.model_id);
         }
         _ = shutdown_signal() => { return Ok(()); }
     }

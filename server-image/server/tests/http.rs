@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260k")
+    llmserve_test_support::stories260k()
 }
 
 fn args(extra: &[&str]) -> Args {
@@ -34,7 +34,12 @@ fn loaded(extra: &[&str]) -> (AppState, Router) {
     (state.clone(), app(state))
 }
 
-async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
     let req = match body {
         Some(b) => req.body(Body::from(b.to_string())).unwrap(),
@@ -96,7 +101,9 @@ async fn greedy_completion_matches_the_reference_and_counts_usage() {
 #[tokio::test]
 async fn stop_strings_and_stop_token_ids_end_generation() {
     let (_, app) = loaded(&[]);
-    let body = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 60, "temperature": 0, "stop": [" Lily"]});
+    let body = json!({
+        "model": "stories260k", "prompt": "Once upon a time", "max_tokens": 60, "temperature": 0, "stop": [" Lily"],
+    });
     let (_, v) = json_call(&app, "POST", "/v1/completions", Some(body)).await;
     assert_eq!(v["choices"][0]["text"], ", there was a little girl named");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -111,13 +118,22 @@ async fn stop_strings_and_stop_token_ids_end_generation() {
 async fn chat_completion_whole_and_streamed() {
     let (_, app) = loaded(&[]);
     let msgs = json!([{"role": "user", "content": "The cat"}]);
-    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(json!({"model": "stories260k", "messages": msgs, "max_tokens": 12, "temperature": 0}))).await;
+    let (s, v) = json_call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "stories260k", "messages": msgs, "max_tokens": 12, "temperature": 0})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let whole = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert!(reference("the_cat.txt").starts_with(&format!("The cat{whole}")), "{whole:?}");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
 
-    let body = json!({"model": "stories260k", "messages": msgs, "max_tokens": 12, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let body = json!({
+        "model": "stories260k", "messages": msgs, "max_tokens": 12, "temperature": 0,
+        "stream": true, "stream_options": {"include_usage": true},
+    });
     let (s, h, b) = call(&app, "POST", "/v1/chat/completions", Some(body)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(h["content-type"].to_str().unwrap().starts_with("text/event-stream"));
@@ -146,15 +162,40 @@ async fn every_error_case_uses_the_openai_envelope() {
         (json!({"prompt": "x"}), StatusCode::BAD_REQUEST, Some("model"), None),
         (json!({"model": "gpt-4", "prompt": "x"}), StatusCode::NOT_FOUND, Some("model"), Some("model_not_found")),
         (json!({"model": "stories260k"}), StatusCode::BAD_REQUEST, Some("prompt"), None),
-        (json!({"model": "stories260k", "prompt": "x", "max_tokens": 0}), StatusCode::BAD_REQUEST, Some("max_tokens"), None),
-        (json!({"model": "stories260k", "prompt": "x", "max_tokens": 100000}), StatusCode::BAD_REQUEST, Some("max_tokens"), None),
-        (json!({"model": "stories260k", "prompt": "x", "temperature": 2.5}), StatusCode::BAD_REQUEST, Some("temperature"), None),
+        (
+            json!({"model": "stories260k", "prompt": "x", "max_tokens": 0}),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+            None,
+        ),
+        (
+            json!({"model": "stories260k", "prompt": "x", "max_tokens": 100000}),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+            None,
+        ),
+        (
+            json!({"model": "stories260k", "prompt": "x", "temperature": 2.5}),
+            StatusCode::BAD_REQUEST,
+            Some("temperature"),
+            None,
+        ),
         (json!({"model": "stories260k", "prompt": "x", "top_p": 0}), StatusCode::BAD_REQUEST, Some("top_p"), None),
         (json!({"model": "stories260k", "prompt": "x", "n": 2}), StatusCode::BAD_REQUEST, Some("n"), None),
         (json!({"model": "stories260k", "prompt": "x", "stop": 5}), StatusCode::BAD_REQUEST, Some("stop"), None),
         (json!({"model": "stories260k", "prompt": [100000]}), StatusCode::BAD_REQUEST, Some("prompt"), None),
-        (json!({"model": "stories260k", "prompt": long_prompt[..1900].to_string()}), StatusCode::BAD_REQUEST, Some("prompt"), None),
-        (json!({"model": "stories260k", "prompt": "x".repeat(3000)}), StatusCode::PAYLOAD_TOO_LARGE, None, Some("request_too_large")),
+        (
+            json!({"model": "stories260k", "prompt": long_prompt[..1900].to_string()}),
+            StatusCode::BAD_REQUEST,
+            Some("prompt"),
+            None,
+        ),
+        (
+            json!({"model": "stories260k", "prompt": "x".repeat(3000)}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            Some("request_too_large"),
+        ),
     ];
     for (body, status, param, code) in cases {
         let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body.clone())).await;
@@ -167,12 +208,21 @@ async fn every_error_case_uses_the_openai_envelope() {
             assert_eq!(e["code"], c);
         }
     }
-    let req = Request::post("/v1/completions").header("content-type", "application/json").body(Body::from("{not json")).unwrap();
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["code"], "invalid_json");
-    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(json!({"model": "stories260k", "messages": [{"role": "wizard", "content": "x"}]}))).await;
+    let (s, v) = json_call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "stories260k", "messages": [{"role": "wizard", "content": "x"}]})),
+    )
+    .await;
     assert_eq!((s, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("messages[0]")));
     let (s, v) = json_call(&app, "GET", "/v2/nothing", None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
@@ -194,7 +244,8 @@ async fn a_full_queue_answers_429_with_retry_after_and_loading_answers_503() {
     let (s, h, _) = call(&not_loaded, "GET", "/health", None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.contains_key("retry-after"));
-    let (s, _, _) = call(&not_loaded, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "x"}))).await;
+    let (s, _, _) =
+        call(&not_loaded, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "x"}))).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, _, _) = call(&app, "GET", "/health", None).await;
     assert_eq!(s, StatusCode::OK);
@@ -207,8 +258,13 @@ fn app_without_model(a: &Args) -> Router {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_aborts_and_frees_its_blocks() {
     let (_, app) = loaded(&[]);
-    let body = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": true, "stream": true});
-    let req = Request::post("/v1/completions").header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+    let body = json!({
+        "model": "stories260k", "prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": true, "stream": true,
+    });
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let mut body = resp.into_body();
     let mut first = Vec::new();
@@ -219,7 +275,8 @@ async fn a_client_that_disconnects_mid_stream_aborts_and_frees_its_blocks() {
     let mut running = false;
     for _ in 0..200 {
         let m = metrics_text(&app).await;
-        if sample(&m, "vllm:kv_cache_usage_perc").unwrap() > 0.0 && sample(&m, "vllm:num_requests_running") == Some(1.0) {
+        if sample(&m, "vllm:kv_cache_usage_perc").unwrap() > 0.0 && sample(&m, "vllm:num_requests_running") == Some(1.0)
+        {
             running = true;
             break;
         }
@@ -230,7 +287,9 @@ async fn a_client_that_disconnects_mid_stream_aborts_and_frees_its_blocks() {
     let mut freed = false;
     for _ in 0..200 {
         let m = metrics_text(&app).await;
-        if sample(&m, r#"vllm:request_success_total{engine="0",finished_reason="abort""#) == Some(1.0) && sample(&m, "vllm:kv_cache_usage_perc") == Some(0.0) {
+        if sample(&m, r#"vllm:request_success_total{engine="0",finished_reason="abort""#) == Some(1.0)
+            && sample(&m, "vllm:kv_cache_usage_perc") == Some(0.0)
+        {
             freed = true;
             assert_eq!(sample(&m, "vllm:num_requests_running"), Some(0.0));
             assert!(sample(&m, r#"vllm:generation_tokens_total"#).unwrap() < 500.0, "stopped early");
@@ -251,7 +310,10 @@ async fn metrics_count_exactly_what_was_sent() {
         .iter()
         .map(|p| {
             let app = app.clone();
-            let body = json!({"model": "stories260k", "prompt": p, "max_tokens": max_tokens, "ignore_eos": true, "temperature": 0.8, "seed": 1});
+            let body = json!({
+                "model": "stories260k", "prompt": p, "max_tokens": max_tokens,
+                "ignore_eos": true, "temperature": 0.8, "seed": 1,
+            });
             tokio::spawn(async move { json_call(&app, "POST", "/v1/completions", Some(body)).await })
         })
         .collect();
@@ -265,17 +327,40 @@ async fn metrics_count_exactly_what_was_sent() {
     let l = r#"{engine="0",model_name="stories260k"}"#;
     assert_eq!(sample(&m, &format!("vllm:prompt_tokens_total{l}")), Some(prompt_total as f64));
     assert_eq!(sample(&m, &format!("vllm:generation_tokens_total{l}")), Some(n * max_tokens as f64));
-    assert_eq!(sample(&m, r#"vllm:request_success_total{engine="0",finished_reason="length",model_name="stories260k"}"#), Some(n));
-    for h in ["time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds", "request_prefill_time_seconds", "request_decode_time_seconds", "request_time_per_output_token_seconds", "request_prompt_tokens", "request_generation_tokens", "request_params_max_tokens", "request_params_n"] {
+    assert_eq!(
+        sample(&m, r#"vllm:request_success_total{engine="0",finished_reason="length",model_name="stories260k"}"#),
+        Some(n)
+    );
+    for h in [
+        "time_to_first_token_seconds",
+        "e2e_request_latency_seconds",
+        "request_queue_time_seconds",
+        "request_prefill_time_seconds",
+        "request_decode_time_seconds",
+        "request_time_per_output_token_seconds",
+        "request_prompt_tokens",
+        "request_generation_tokens",
+        "request_params_max_tokens",
+        "request_params_n",
+    ] {
         assert_eq!(sample(&m, &format!("vllm:{h}_count{l}")), Some(n), "{h}");
     }
     assert_eq!(sample(&m, &format!("vllm:inter_token_latency_seconds_count{l}")), Some(n * (max_tokens - 1) as f64));
     assert_eq!(sample(&m, &format!("vllm:request_prompt_tokens_sum{l}")), Some(prompt_total as f64));
     assert_eq!(sample(&m, &format!("vllm:request_generation_tokens_sum{l}")), Some(n * max_tokens as f64));
     // Every prompt token and every generated token but the last is run through the model once.
-    assert_eq!(sample(&m, &format!("vllm:iteration_tokens_total_sum{l}")), Some(prompt_total as f64 + n * (max_tokens - 1) as f64));
-    assert_eq!(sample(&m, r#"vllm:time_to_first_token_seconds_bucket{engine="0",model_name="stories260k",le="+Inf"}"#), Some(n));
-    assert_eq!(sample(&m, r#"llmserve_http_requests_total{model="stories260k",route="/v1/completions",status_class="2xx"}"#), Some(n));
+    assert_eq!(
+        sample(&m, &format!("vllm:iteration_tokens_total_sum{l}")),
+        Some(prompt_total as f64 + n * (max_tokens - 1) as f64)
+    );
+    assert_eq!(
+        sample(&m, r#"vllm:time_to_first_token_seconds_bucket{engine="0",model_name="stories260k",le="+Inf"}"#),
+        Some(n)
+    );
+    assert_eq!(
+        sample(&m, r#"llmserve_http_requests_total{model="stories260k",route="/v1/completions",status_class="2xx"}"#),
+        Some(n)
+    );
     assert_eq!(sample(&m, &format!("vllm:kv_cache_usage_perc{l}")), Some(0.0));
     assert!(m.contains("vllm:cache_config_info{block_size=\"16\""));
     assert_eq!(state.model_id, "stories260k");
@@ -284,7 +369,13 @@ async fn metrics_count_exactly_what_was_sent() {
 #[tokio::test]
 async fn disabled_engine_metrics_leave_only_service_metrics() {
     let (_, app) = loaded(&["--disable-engine-metrics"]);
-    let (s, _) = json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 3}))).await;
+    let (s, _) = json_call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 3})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let m = metrics_text(&app).await;
     assert!(!m.contains("vllm:"), "{m}");
@@ -295,14 +386,26 @@ async fn disabled_engine_metrics_leave_only_service_metrics() {
 #[tokio::test]
 async fn metric_names_match_the_catalogue() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../metrics-catalogue.txt");
-    let catalogue: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
-    let mut ours: Vec<String> = llmserve_engine::metrics::ENGINE_FAMILIES.iter().chain(llmserve_server::http_metrics::HTTP_FAMILIES).chain(llmserve_server::gpu::GPU_FAMILIES).map(|s| s.to_string()).collect();
+    let catalogue: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let mut ours: Vec<String> = llmserve_engine::metrics::ENGINE_FAMILIES
+        .iter()
+        .chain(llmserve_server::http_metrics::HTTP_FAMILIES)
+        .chain(llmserve_server::gpu::GPU_FAMILIES)
+        .map(|s| s.to_string())
+        .collect();
     ours.sort();
     let mut cat = catalogue.clone();
     cat.sort();
     assert_eq!(ours, cat, "metric names in code differ from {}", path.display());
     let (_, app) = loaded(&[]);
-    json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 2}))).await;
+    json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": "Zoo", "max_tokens": 2})))
+        .await;
     let m = metrics_text(&app).await;
     for name in catalogue.iter().filter(|n| !llmserve_server::gpu::GPU_FAMILIES.contains(&n.as_str())) {
         assert!(m.contains(&format!("# TYPE {name} ")), "{name} is not exported");
@@ -319,7 +422,13 @@ async fn concurrent_requests_are_batched_and_answer_as_if_alone() {
     let solo: Vec<String> = {
         let mut v = Vec::new();
         for p in prompts {
-            let (_, r) = json_call(&app, "POST", "/v1/completions", Some(json!({"model": "stories260k", "prompt": p, "max_tokens": 30, "temperature": 0}))).await;
+            let (_, r) = json_call(
+                &app,
+                "POST",
+                "/v1/completions",
+                Some(json!({"model": "stories260k", "prompt": p, "max_tokens": 30, "temperature": 0})),
+            )
+            .await;
             v.push(r["choices"][0]["text"].as_str().unwrap().to_string());
         }
         v
@@ -354,7 +463,11 @@ async fn prefix_caching_reuses_blocks_and_changes_no_output() {
     let mut other = prompt_ids.clone();
     other[40] = 17;
     let (_, want_other) = json_call(&plain, "POST", "/v1/completions", Some(body(&other))).await;
-    for (ids, expect) in [(&prompt_ids, &want), (&prompt_ids, &want), (&other, &want_other["choices"][0]["text"].as_str().unwrap().to_string())] {
+    for (ids, expect) in [
+        (&prompt_ids, &want),
+        (&prompt_ids, &want),
+        (&other, &want_other["choices"][0]["text"].as_str().unwrap().to_string()),
+    ] {
         let (s, v) = json_call(&cached, "POST", "/v1/completions", Some(body(ids))).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["choices"][0]["text"].as_str().unwrap(), expect, "prefix caching must not change greedy output");

@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::{eventually, repo_root};
+use crate::{crd_path, eventually, repo_root};
 
 /// A running control plane.
 pub struct ControlPlane {
@@ -86,7 +86,7 @@ pub async fn apply_crd(client: &Client, crd: CustomResourceDefinition) {
 
 /// Installs the checked-in LlmApplication CRD (the file users apply, not the in-memory one).
 pub async fn install_llmapp_crd(client: &Client) {
-    let yaml = std::fs::read_to_string(repo_root().join("crds/llmapplications.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(crd_path()).unwrap();
     apply_crd(client, serde_yaml::from_str(&yaml).unwrap()).await;
 }
 

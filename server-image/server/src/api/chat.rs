@@ -21,17 +21,24 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         None => return Err(ApiError::invalid("messages", "`messages` is required")),
     };
     for (i, m) in messages.iter().enumerate() {
-        let ok = m.get("role").and_then(Value::as_str).is_some_and(|r| ["system", "user", "assistant", "tool", "developer"].contains(&r))
+        let ok = m
+            .get("role")
+            .and_then(Value::as_str)
+            .is_some_and(|r| ["system", "user", "assistant", "tool", "developer"].contains(&r))
             && m.get("content").is_some_and(|c| c.is_string() || c.is_array() || c.is_null());
         if !ok {
-            return Err(ApiError::invalid(&format!("messages[{i}]"), "each message needs a known `role` and a `content`"));
+            return Err(ApiError::invalid(
+                &format!("messages[{i}]"),
+                "each message needs a known `role` and a `content`",
+            ));
         }
     }
     let template = loaded
         .chat_template
         .as_deref()
         .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
-    let text = render(template, messages).map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
+    let text = render(template, messages)
+        .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
     let prompt = loaded.tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let valid = validate::generation(&body, &state, prompt, None)?;
     respond(&state, valid, Kind::Chat).await
@@ -41,5 +48,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
 pub fn render(template: &str, messages: &[Value]) -> Result<String, minijinja::Error> {
     let mut env = minijinja::Environment::new();
     env.add_template("chat", template)?;
-    env.get_template("chat")?.render(minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" })
+    env.get_template("chat")?.render(
+        minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" },
+    )
 }

@@ -28,11 +28,19 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
             // every request in flight: refuse it here.
             let vocab = loaded.tokenizer.vocab_size().min(loaded.model_vocab_size) as u64;
             if let Some(bad) = a.iter().filter_map(Value::as_u64).find(|&t| t >= vocab) {
-                return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {vocab}")));
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary of {vocab}"),
+                ));
             }
             a.iter().map(|v| v.as_u64().unwrap() as u32).collect()
         }
-        Some(_) => return Err(ApiError::invalid("prompt", "`prompt` must be a string, a list of one string, or a list of token ids")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` must be a string, a list of one string, or a list of token ids",
+            ));
+        }
         None => return Err(ApiError::invalid("prompt", "`prompt` is required")),
     };
     let valid = validate::generation(&body, &state, prompt, Some(DEFAULT_MAX_TOKENS))?;

@@ -64,7 +64,9 @@ struct Head {
 impl Head {
     fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
         let choice = match self.kind {
-            Kind::Completion => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+            Kind::Completion => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
                 if role {
@@ -89,8 +91,13 @@ async fn whole(head: Head, mut stream: RequestStream) -> Result<Response, ApiErr
             Some(Event::Finished { error: Some(e), .. }) => return Err(ApiError::internal(e)),
             Some(Event::Finished { reason, prompt_tokens, completion_tokens, .. }) => {
                 let choice = match head.kind {
-                    Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str()}),
-                    Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": reason.as_str()}),
+                    Kind::Completion => {
+                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str()})
+                    }
+                    Kind::Chat => {
+                        let message = json!({"role": "assistant", "content": text});
+                        json!({"index": 0, "message": message, "logprobs": null, "finish_reason": reason.as_str()})
+                    }
                 };
                 let object = if head.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
                 return Ok(Json(json!({
@@ -128,7 +135,8 @@ fn sse(head: Head, stream: RequestStream, include_usage: bool) -> Response {
                     Some(Event::Finished { reason, prompt_tokens, completion_tokens, .. }) => {
                         let mut v = vec![data(&head.chunk(None, false, Some(reason.as_str())))];
                         if include_usage {
-                            let object = if head.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+                            let object =
+                                if head.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
                             v.push(data(&json!({
                                 "id": head.id, "object": object, "created": head.created, "model": head.model,
                                 "choices": [], "usage": usage(prompt_tokens, completion_tokens),
@@ -137,7 +145,9 @@ fn sse(head: Head, stream: RequestStream, include_usage: bool) -> Response {
                         v.push(SseEvent::default().data("[DONE]"));
                         return Some((v, (head, stream, Phase::Done)));
                     }
-                    None => vec![data(&ApiError::internal("the engine stopped").body()), SseEvent::default().data("[DONE]")],
+                    None => {
+                        vec![data(&ApiError::internal("the engine stopped").body()), SseEvent::default().data("[DONE]")]
+                    }
                 };
                 Some((out, (head, stream, Phase::Running)))
             }

@@ -54,7 +54,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Records requests by route template and status class, in-flight requests, and the duration
 /// until the response body's last byte (streams included).
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let http = state.http.clone();
     let model = http.model().to_string();
     http.in_flight.with_label_values(&[&route, &model]).inc();

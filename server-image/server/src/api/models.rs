@@ -25,5 +25,9 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 
 /// One model by id.
 pub async fn get_one(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
-    if model == state.model_id { Ok(Json(card(&state))) } else { Err(ApiError::model_not_found(&model, &[&state.model_id])) }
+    if model == state.model_id {
+        Ok(Json(card(&state)))
+    } else {
+        Err(ApiError::model_not_found(&model, &[&state.model_id]))
+    }
 }

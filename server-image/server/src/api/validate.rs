@@ -66,21 +66,35 @@ fn boolean(body: &serde_json::Map<String, Value>, key: &str) -> Result<bool, Api
 /// Validates sampling and length fields for `prompt` and builds the engine request.
 /// `default_max_tokens` is OpenAI's default for the route (16 for completions; the rest of the
 /// context for chat).
-pub fn generation(body: &serde_json::Map<String, Value>, state: &AppState, prompt: Vec<u32>, default_max_tokens: Option<usize>) -> Result<ValidGeneration, ApiError> {
+pub fn generation(
+    body: &serde_json::Map<String, Value>,
+    state: &AppState,
+    prompt: Vec<u32>,
+    default_max_tokens: Option<usize>,
+) -> Result<ValidGeneration, ApiError> {
     let max_len = state.max_model_len;
     if prompt.len() >= max_len {
         return Err(ApiError::invalid(
             "prompt",
-            format!("This model's maximum context length is {max_len} tokens, but the prompt has {} tokens.", prompt.len()),
+            format!(
+                "This model's maximum context length is {max_len} tokens, but the prompt has {} tokens.",
+                prompt.len()
+            ),
         ));
     }
     let room = max_len - prompt.len();
     let max_tokens = match integer(body, "max_tokens")?.or(integer(body, "max_completion_tokens")?) {
-        Some(n) if n < 1 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {n}"))),
+        Some(n) if n < 1 => {
+            return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {n}")));
+        }
         Some(n) if n as u64 > room as u64 => {
             return Err(ApiError::invalid(
                 "max_tokens",
-                format!("This model's maximum context length is {max_len} tokens; the prompt has {} tokens and max_tokens is {n}.", prompt.len()),
+                format!(
+                    "This model's maximum context length is {max_len} tokens; the prompt has {} tokens and max_tokens \
+                        is {n}.",
+                    prompt.len()
+                ),
             ));
         }
         Some(n) => n as usize,
@@ -88,7 +102,10 @@ pub fn generation(body: &serde_json::Map<String, Value>, state: &AppState, promp
     };
     let temperature = number(body, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", format!("`temperature` must be between 0 and 2, got {temperature}")));
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("`temperature` must be between 0 and 2, got {temperature}"),
+        ));
     }
     let top_p = number(body, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -125,7 +142,9 @@ pub fn generation(body: &serde_json::Map<String, Value>, state: &AppState, promp
     };
     let stop_token_ids = match body.get("stop_token_ids") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) if a.iter().all(|v| v.as_u64().is_some()) => a.iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+        Some(Value::Array(a)) if a.iter().all(|v| v.as_u64().is_some()) => {
+            a.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        }
         Some(_) => return Err(ApiError::invalid("stop_token_ids", "`stop_token_ids` must be a list of token ids")),
     };
     let stream = boolean(body, "stream")?;
