@@ -15,6 +15,7 @@ use crate::metrics::EngineMetrics;
 use crate::model::{KvCache, Model, StepSeq};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Why a sequence ended, as OpenAI and vLLM name it.
@@ -180,7 +181,7 @@ struct Seq {
     tokens: Vec<u32>,
     sampler: Sampler,
     detok: IncrementalDecoder,
-    text: String,
+    stops: StopMatcher,
     tx: tmpsc::UnboundedSender<Event>,
     scheduled_at: Option<Instant>,
     first_token_at: Option<Instant>,
@@ -267,18 +268,7 @@ impl Core {
         match cmd {
             Command::Submit(key, req, tx) => {
                 let req = *req;
-                let detok = match IncrementalDecoder::new(&self.tokenizer, &req.prompt) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = tx.send(Event::Finished {
-                            reason: FinishReason::Abort,
-                            prompt_tokens: req.prompt.len(),
-                            completion_tokens: 0,
-                            error: Some(e.to_string()),
-                        });
-                        return;
-                    }
-                };
+                let detok = IncrementalDecoder::new(&req.prompt);
                 if let Some(m) = &self.metrics {
                     m.max_tokens.observe(req.max_tokens as f64);
                     m.n.observe(1.0);
@@ -287,7 +277,7 @@ impl Core {
                     tokens: req.prompt.clone(),
                     sampler: Sampler::new(req.sampling.clone()),
                     detok,
-                    text: String::new(),
+                    stops: StopMatcher::new(&req.stop),
                     tx,
                     scheduled_at: None,
                     first_token_at: None,
@@ -384,41 +374,26 @@ impl Core {
             let is_eos = !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&next);
             let is_stop_id = seq.req.stop_token_ids.contains(&next);
             let mut finish = None;
-            if is_eos || is_stop_id {
+            let text = if is_eos || is_stop_id {
                 finish = Some(FinishReason::Stop);
+                seq.stops.flush() // text held for a stop string that never came
             } else {
                 let piece = seq.detok.push(&self.tokenizer, next)?.unwrap_or_default();
-                let before = seq.text.len();
-                seq.text.push_str(&piece);
                 // A stop string ends the output where it begins; it may span pieces.
-                let hit = seq
-                    .req
-                    .stop
-                    .iter()
-                    .filter_map(|st| {
-                        seq.text[before.saturating_sub(st.len())..]
-                            .find(st.as_str())
-                            .map(|i| i + before.saturating_sub(st.len()))
-                    })
-                    .min();
-                let out = match hit {
-                    Some(at) => {
-                        finish = Some(FinishReason::Stop);
-                        let keep = at.max(before);
-                        let t = seq.text[before..keep].to_string();
-                        seq.text.truncate(at);
-                        t
-                    }
-                    None => piece,
-                };
-                if seq.tx.send(Event::Token { id: next, text: out }).is_err() {
-                    finish = Some(FinishReason::Abort); // the client went away
-                }
-                if finish.is_none()
-                    && (seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len)
-                {
+                let released = seq.stops.push(&piece);
+                let mut text = released.text;
+                if released.stopped {
+                    finish = Some(FinishReason::Stop);
+                } else if seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len {
                     finish = Some(FinishReason::Length);
+                    text.push_str(&seq.stops.flush());
                 }
+                text
+            };
+            // EOS and stop ids are not output: they send only text still held back, if any.
+            let silent = (is_eos || is_stop_id) && text.is_empty();
+            if !silent && seq.tx.send(Event::Token { id: next, text }).is_err() {
+                finish = Some(FinishReason::Abort); // the client went away
             }
             if let Some(reason) = finish {
                 self.finish(s.key, reason, None);

@@ -11,6 +11,7 @@ pub mod model;
 pub mod random_model;
 pub mod sampling;
 pub mod scheduler;
+pub mod stop;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -36,32 +36,42 @@ impl Tokenizer {
     }
 }
 
-/// Turns a growing list of generated ids into text pieces for streaming.
+/// Turns generated ids into text pieces for streaming at a cost of O(new tokens) per token: it
+/// decodes only the window from the last emitted piece on (`prefix..`), compares it with the same
+/// window without the unsent ids (`prefix..read`), and emits the difference once it is whole
+/// UTF-8. Ids before the window are dropped, so memory stays constant too.
 #[derive(Debug, Default, Clone)]
 pub struct IncrementalDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    prefix: usize,
+    read: usize,
 }
 
 impl IncrementalDecoder {
     /// A decoder continuing after `context` (the prompt's last tokens): decoding in context keeps
     /// the leading space a tokenizer would strip from the first generated word.
-    pub fn new(tok: &Tokenizer, context: &[u32]) -> Result<Self> {
-        let ids = context[context.len().saturating_sub(4)..].to_vec();
-        let emitted = tok.decode(&ids)?.len();
-        Ok(IncrementalDecoder { ids, emitted })
+    pub fn new(context: &[u32]) -> Self {
+        let ids = context.get(context.len().saturating_sub(4)..).unwrap_or_default().to_vec();
+        IncrementalDecoder { read: ids.len(), ids, prefix: 0 }
     }
 
     /// Adds `id` and returns the new text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = tok.decode(&self.ids)?;
+        let window = self.ids.get(self.prefix..).unwrap_or_default();
+        let settled = tok.decode(window.get(..self.read - self.prefix).unwrap_or_default())?;
+        let text = tok.decode(window)?;
         // A trailing replacement character means a multi-byte character is still incomplete.
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let Some(piece) = text.get(settled.len()..).filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let piece = piece.to_string();
+        self.ids.drain(..self.read);
+        self.prefix = 0;
+        self.read = self.ids.len();
         Ok(Some(piece))
     }
 }
