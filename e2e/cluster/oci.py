@@ -57,22 +57,43 @@ def main():
     args = ap.parse_args()
     files = [f.split("=", 1) for f in args.file]
     ldigest, ldata = blob(layer(files))
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ldigest]},
-              "config": {"Entrypoint": args.entrypoint, "Env": ["PATH=/usr/local/bin:/bin", *args.env], "User": args.user}}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [ldigest]},
+        "config": {"Entrypoint": args.entrypoint, "Env": ["PATH=/usr/local/bin:/bin", *args.env], "User": args.user},
+    }
     cdigest, cdata = blob(json.dumps(config, sort_keys=True).encode())
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": len(cdata)},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ldigest, "size": len(ldata)}]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": len(cdata)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ldigest, "size": len(ldata)}],
+    }
     mdigest, mdata = blob(json.dumps(manifest, sort_keys=True).encode())
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": len(mdata),
-                            "platform": {"architecture": "amd64", "os": "linux"},
-                            "annotations": {"io.containerd.image.name": args.name, "org.opencontainers.image.ref.name": args.name.rsplit(":", 1)[-1]}}]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": mdigest,
+                "size": len(mdata),
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {
+                    "io.containerd.image.name": args.name,
+                    "org.opencontainers.image.ref.name": args.name.rsplit(":", 1)[-1],
+                },
+            }
+        ],
+    }
     with tarfile.open(args.out, "w") as t:
+
         def put(name, data):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
+
         put("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
         put("index.json", json.dumps(index).encode())
         for d, data in ((ldigest, ldata), (cdigest, cdata), (mdigest, mdata)):

@@ -133,7 +133,10 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     eventually(WAIT, || async { get(second.port, "/readyz").await.filter(|(c, _)| *c == 200) })
         .await
         .expect("follower is ready");
-    assert_eq!(metric_line(second.port, "llmserve_operator_leader").await.as_deref(), Some("llmserve_operator_leader 0"));
+    assert_eq!(
+        metric_line(second.port, "llmserve_operator_leader").await.as_deref(),
+        Some("llmserve_operator_leader 0")
+    );
     apply_app(&client, ns, &fixture("ray-example.yaml", "before-failover")).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     eventually(WAIT, || async { deps.get_opt("before-failover-router").await.ok().flatten() })

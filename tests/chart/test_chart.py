@@ -7,28 +7,40 @@ import copy
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests/observability"))
-import harness  # noqa: E402
+from llmserve_testing import procs
+from llmserve_testing.net import get
+from llmserve_testing.paths import CHART, ROOT, RULES
+from llmserve_testing.prometheus import Prometheus
 
-CHART = ROOT / "charts/llmserve"
 HERE = Path(__file__).parent
 SNAPSHOT = HERE / "snapshot-default.yaml"
 NS = "llmserve-system"
-MONITORING = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+MONITORING = [
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+]
 
 
 def helm_run(*args):
-    exe = Path(subprocess.run(["bash", str(ROOT / "tests/harness/helm.sh")], check=True, capture_output=True, text=True).stdout.strip()) / "helm"
+    exe = (
+        Path(
+            subprocess.run(
+                ["bash", str(ROOT / "tests/harness/helm.sh")], check=True, capture_output=True, text=True
+            ).stdout.strip()
+        )
+        / "helm"
+    )
     return subprocess.run([str(exe), *args], capture_output=True, text=True)
 
 
@@ -52,16 +64,13 @@ def test_lint():
     helm("lint", str(CHART), "--strict", "-f", str(HERE / "values-all.yaml"))
 
 
-def test_crd_is_the_generated_one():
-    assert (CHART / "crds/llmapplications.yaml").read_text() == (ROOT / "crds/llmapplications.yaml").read_text(), \
-        "charts/llmserve/crds is stale: cp crds/llmapplications.yaml charts/llmserve/crds/"
-
-
 def test_snapshot_of_the_default_render():
     text = render()
     if os.environ.get("UPDATE_SNAPSHOT"):
         SNAPSHOT.write_text(text)
-    assert SNAPSHOT.read_text() == text, "the chart renders differently: review, then UPDATE_SNAPSHOT=1 pytest tests/chart -k snapshot"
+    assert SNAPSHOT.read_text() == text, (
+        "the chart renders differently: review, then UPDATE_SNAPSHOT=1 pytest tests/chart -k snapshot"
+    )
 
 
 def test_bad_values_are_refused_with_a_clear_message():
@@ -74,8 +83,14 @@ def test_the_render_is_locked_down():
     dep = d[("Deployment", "llmserve")]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert (
+        pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["resources"]["requests"] and c["resources"]["limits"]
     for kind in ("ClusterRole", "Role"):
@@ -84,24 +99,24 @@ def test_the_render_is_locked_down():
     cms = [x for (k, n), x in d.items() if k == "ConfigMap" and "dashboard" in n]
     assert len(cms) == 2 and all(x["metadata"]["labels"]["grafana_dashboard"] == "1" for x in cms)
     rule = d[("PrometheusRule", "llmserve")]
-    assert [r["alert"] for r in rule["spec"]["groups"][0]["rules"]] == re.findall(r"- alert: (\w+)", (ROOT / "dashboards/rules/llmserve.rules.yaml").read_text())
+    assert [r["alert"] for r in rule["spec"]["groups"][0]["rules"]] == re.findall(r"- alert: (\w+)", RULES.read_text())
     adapter = yaml.safe_load(d[("ConfigMap", "llmserve-prometheus-adapter")]["data"]["config.yaml"])
     assert adapter["rules"][0]["name"]["as"] == "llmserve_ongoing_requests"
 
 
 # === against the real API server ===
 
+
 @pytest.fixture(scope="module")
-def cluster():
-    cp = harness.ControlPlane()
+def cluster(control_plane):
+    """The control plane with the chart's CRD (the fixture applies it) and the Prometheus Operator's."""
+    cp = control_plane
     crds = cp.bin.parent / "crds"
-    for f in [CHART / "crds/llmapplications.yaml", crds / "monitoring.coreos.com_servicemonitors.yaml", crds / "monitoring.coreos.com_prometheusrules.yaml"]:
-        cp.kubectl("apply", "--server-side", "-f", str(f))
-    cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    for kind in ("servicemonitors", "prometheusrules"):
+        cp.apply_crd(crds / f"monitoring.coreos.com_{kind}.yaml")
     for ns in (NS, "team-a", "monitoring"):
         cp.kubectl("create", "namespace", ns)
-    yield cp
-    cp.stop()
+    return cp
 
 
 @pytest.mark.parametrize("values", ["default", "all"])
@@ -148,7 +163,7 @@ def operator_args(rendered, leader_election=True):
     return args
 
 
-def scenario(cp, ns, log, timeout, proc):
+def scenario(cp, ns, op, timeout):
     """The operator's whole write path: apply an app, change it (prune a model, turn observability
     off). Returns None on success, else what went wrong."""
     cp.kubectl("create", "namespace", ns)
@@ -157,10 +172,11 @@ def scenario(cp, ns, log, timeout, proc):
 
     def wait(what, check):
         while time.time() < deadline:
-            if proc.poll() is not None:
-                return f"the operator exited: {Path(log).read_text()[-1500:]}"
-            if "forbidden" in Path(log).read_text():
-                line = next(l for l in Path(log).read_text().splitlines() if "forbidden" in l)
+            log = op.log_text()
+            if op.process.poll() is not None:
+                return f"the operator exited: {log[-1500:]}"
+            if "forbidden" in log:
+                line = next(x for x in log.splitlines() if "forbidden" in x)
                 m = re.search(r'cannot (\w+) resource \\*"([\w/.]+)\\*"', line)
                 return f"forbidden: cannot {m.group(1)} {m.group(2)}" if m else "forbidden: " + line[:400]
             try:
@@ -174,50 +190,73 @@ def scenario(cp, ns, log, timeout, proc):
     def has(kind, name):
         return cp.kubectl("get", kind, name, "-n", ns, "--ignore-not-found", "-o", "name").strip() != ""
 
-    children = [("deployment", "shop-chat"), ("deployment", "shop-extra"), ("service", "shop-chat"), ("hpa", "shop-chat"),
-                ("servicemonitor", "shop-chat"), ("servicemonitor", "shop-router"), ("prometheusrule", "shop-slo"),
-                ("serviceaccount", "shop-router"), ("role", "shop-router"), ("rolebinding", "shop-router")]
+    children = [
+        ("deployment", "shop-chat"),
+        ("deployment", "shop-extra"),
+        ("service", "shop-chat"),
+        ("hpa", "shop-chat"),
+        ("servicemonitor", "shop-chat"),
+        ("servicemonitor", "shop-router"),
+        ("prometheusrule", "shop-slo"),
+        ("serviceaccount", "shop-router"),
+        ("role", "shop-router"),
+        ("rolebinding", "shop-router"),
+    ]
     err = wait("every child", lambda: all(has(k, n) for k, n in children))
-    err = err or wait("status", lambda: "Applied" in cp.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}")
-                      and cp.kubectl("get", "llmapp", "shop", "-n", ns, "-o", "jsonpath={.status.observedGeneration}") == "1")
+    err = err or wait(
+        "status",
+        lambda: (
+            "Applied" in cp.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}")
+            and cp.kubectl("get", "llmapp", "shop", "-n", ns, "-o", "jsonpath={.status.observedGeneration}") == "1"
+        ),
+    )
     if err:
         return err
     app = yaml.safe_load(APP)
     app["spec"]["models"] = app["spec"]["models"][:1]
     app["spec"]["observability"] = {"enabled": False}
     cp.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(app))
-    return wait("pruning", lambda: not any(has(k, n) for k, n in [("deployment", "shop-extra"), ("servicemonitor", "shop-chat"),
-                                                                   ("servicemonitor", "shop-router"), ("prometheusrule", "shop-slo")]))
+    return wait(
+        "pruning",
+        lambda: (
+            not any(
+                has(k, n)
+                for k, n in [
+                    ("deployment", "shop-extra"),
+                    ("servicemonitor", "shop-chat"),
+                    ("servicemonitor", "shop-router"),
+                    ("prometheusrule", "shop-slo"),
+                ]
+            )
+        ),
+    )
 
 
-def run_operator(cp, kubeconfig, args, log):
-    port = harness.free_port()
-    args = [a if not a.startswith("--metrics-addr") else f"--metrics-addr=127.0.0.1:{port}" for a in args]
-    with open(log, "w") as f:
-        p = subprocess.Popen([harness.binary("llmserve-operator"), *args], stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": NS, "POD_NAME": "llmserve-0", "RUST_LOG": "info,kube=warn"})
-    return p, port
+def run_operator(name, kubeconfig, args):
+    """The operator with the chart's flags, its metrics on a free port instead; not waited for."""
+    args = [a for a in args if not a.startswith("--metrics-addr")]
+    env = {"POD_NAMESPACE": NS, "POD_NAME": "llmserve-0", "RUST_LOG": "info,kube=warn"}
+    return procs.operator(name, kubeconfig, *args, env=env, health=None)
 
 
 def test_rbac_is_exactly_what_the_operator_needs(cluster):
     cp = cluster
     rendered = render()
-    rbac = [d for d in docs(rendered) if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    rbac = [
+        d
+        for d in docs(rendered)
+        if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    ]
     cp.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(rbac))
     kubeconfig = sa_kubeconfig(cp, "llmserve")
-    log = tempfile.mktemp(prefix="llmserve-op-", suffix=".log")
-    proc, port = run_operator(cp, kubeconfig, operator_args(rendered), log)
-    try:
-        err = scenario(cp, "rbac-full", log, timeout=60, proc=proc)
-        assert err is None, f"{err}\n{Path(log).read_text()[-3000:]}"
-        metrics = harness.get(f"http://127.0.0.1:{port}/metrics")[1].decode()
+    with run_operator("operator", kubeconfig, operator_args(rendered)) as op:
+        err = scenario(cp, "rbac-full", op, timeout=60)
+        assert err is None, f"{err}\n{op.log_text()[-3000:]}"
+        metrics = get(f"{op.url}/metrics")[1].decode()
         assert 'llmserve_operator_reconcile_errors_total{reason="forbidden"} 0' in metrics
         assert "llmserve_usage_applications" in metrics, "usage data was written with the chart's Role"
         assert cp.kubectl("get", "configmap", "llmserve-usage-stats", "-n", NS, "-o", "name").strip()
         assert cp.kubectl("get", "lease", "llmserve", "-n", NS, "-o", "jsonpath={.spec.holderIdentity}") == "llmserve-0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     # Each ClusterRole rule is needed: without it the same scenario meets a forbidden error.
     role = next(d for d in rbac if d["kind"] == "ClusterRole")
@@ -228,13 +267,8 @@ def test_rbac_is_exactly_what_the_operator_needs(cluster):
             del cut["rules"][i]
             cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(cut))
             time.sleep(1)  # the authorizer's informer catches up
-            log = tempfile.mktemp(prefix=f"llmserve-op-cut{i}-", suffix=".log")
-            proc, _ = run_operator(cp, kubeconfig, operator_args(rendered, leader_election=False), log)
-            try:
-                err = scenario(cp, f"rbac-cut-{i}", log, timeout=30, proc=proc)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+            with run_operator(f"operator-cut{i}", kubeconfig, operator_args(rendered, leader_election=False)) as op:
+                err = scenario(cp, f"rbac-cut-{i}", op, timeout=30)
             name = f"{','.join(rule['apiGroups']) or 'core'} {','.join(rule['resources'])} [{','.join(rule['verbs'])}]"
             print(f"| {name} | {(err or 'nothing').splitlines()[0][:160]} |")
             assert err is not None, f"the operator did not need {name}"
@@ -244,6 +278,7 @@ def test_rbac_is_exactly_what_the_operator_needs(cluster):
 
 # === the prometheus-adapter rule ===
 
+
 def adapter_query(rule, namespace, pods):
     """The query prometheus-adapter sends for the pods of one HPA (its template, filled in)."""
     matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
@@ -252,24 +287,28 @@ def adapter_query(rule, namespace, pods):
 
 def test_adapter_rule_serves_running_plus_waiting_per_pod():
     rule = yaml.safe_load((CHART / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"][0]
-    procs = []
-    try:
+    with ExitStack() as stack:
         # Two replicas of one model, one busy (1 running, 4 waiting) and one with engine metrics
         # off: the rule must give the first running + waiting, the second its requests in flight.
-        busy = harness.server("busy", "m", "--max-num-seqs", "1")
-        procs.append(busy)
-        plain = harness.server("plain", "m", "--disable-engine-metrics", "--max-num-seqs", "1")
-        procs.append(plain)
+        busy = stack.enter_context(procs.server("busy", "--max-num-seqs", "1", served_model_name="m"))
+        plain = stack.enter_context(
+            procs.server("plain", "--disable-engine-metrics", "--max-num-seqs", "1", served_model_name="m")
+        )
         common = {"namespace": "team-a", "llmserve_app": "shop"}
-        prom = harness.Prometheus([("busy", busy.url, {**common, "pod": "shop-m-0"}), ("plain", plain.url, {**common, "pod": "shop-m-1"})])
-        procs.append(prom)
+        prom = stack.enter_context(
+            Prometheus(
+                [("busy", busy.url, {**common, "pod": "shop-m-0"}), ("plain", plain.url, {**common, "pod": "shop-m-1"})]
+            )
+        )
         series_match = rule["seriesQuery"]
 
         async def load():
             body = {"model": "m", "prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": True}
             async with httpx.AsyncClient(timeout=120) as c:
-                await asyncio.gather(*(c.post(f"{busy.url}/v1/completions", json=body) for _ in range(5)),
-                                     *(c.post(f"{plain.url}/v1/completions", json=body) for _ in range(3)))
+                await asyncio.gather(
+                    *(c.post(f"{busy.url}/v1/completions", json=body) for _ in range(5)),
+                    *(c.post(f"{plain.url}/v1/completions", json=body) for _ in range(3)),
+                )
 
         async def measure():
             task = asyncio.create_task(load())
@@ -277,11 +316,17 @@ def test_adapter_rule_serves_running_plus_waiting_per_pod():
             t = time.time() - 0.2
             got = {}
             q = adapter_query(rule, "team-a", ["shop-m-0", "shop-m-1"])
-            res = prom.query_at(q, t)
+            res = prom.query(q, at=t)
             for r in res["data"]["result"]:
                 got[r["metric"]["pod"]] = float(r["value"][1])
-            direct = prom.query_at('sum by (pod) (vllm:num_requests_running{pod="shop-m-0"}) + sum by (pod) (vllm:num_requests_waiting{pod="shop-m-0"})', t)
-            inflight = prom.query_at('sum by (pod) (llmserve_http_requests_in_flight{pod="shop-m-1", route="/v1/completions"})', t)
+            direct = prom.query(
+                'sum by (pod) (vllm:num_requests_running{pod="shop-m-0"})'
+                ' + sum by (pod) (vllm:num_requests_waiting{pod="shop-m-0"})',
+                at=t,
+            )
+            inflight = prom.query(
+                'sum by (pod) (llmserve_http_requests_in_flight{pod="shop-m-1", route="/v1/completions"})', at=t
+            )
             await task
             return got, direct, inflight
 
@@ -289,10 +334,12 @@ def test_adapter_rule_serves_running_plus_waiting_per_pod():
         assert direct["data"]["result"] and inflight["data"]["result"], (got, direct, inflight)
         want_busy = float(direct["data"]["result"][0]["value"][1])
         want_plain = float(inflight["data"]["result"][0]["value"][1])
-        print(f"\nllmserve_ongoing_requests: {got}; running + waiting of shop-m-0: {want_busy}; in flight on shop-m-1: {want_plain}")
-        assert sorted(prom.label_values("pod", series_match)) == ["shop-m-0", "shop-m-1"], "the rule's seriesQuery finds both pods"
+        print(
+            f"\nllmserve_ongoing_requests: {got}; running + waiting of shop-m-0: {want_busy}; "
+            f"in flight on shop-m-1: {want_plain}"
+        )
+        assert sorted(prom.label_values("pod", series_match)) == ["shop-m-0", "shop-m-1"], (
+            "the rule's seriesQuery finds both pods"
+        )
         assert got == {"shop-m-0": want_busy, "shop-m-1": want_plain}
         assert want_busy == 5.0 and want_plain == 3.0, "every request was ongoing when measured"
-    finally:
-        for p in reversed(procs):
-            p.stop()

@@ -9,26 +9,30 @@ template variables substituted, goes through Prometheus's HTTP API and must retu
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
+from generate import fill as substitute
+from generate import query_panels as panels
+from llmserve_testing import procs
+from llmserve_testing.paths import DASHBOARDS, ROOT
+from llmserve_testing.prometheus import Prometheus
 
-sys.path.insert(0, str(harness.ROOT / "dashboards"))
-from generate import fill as substitute, query_panels as panels  # noqa: E402
-
-DASHBOARDS = harness.ROOT / "dashboards"
+GENERATE = ROOT / "dashboards/generate.py"
 ENGINE = re.compile(r"\b(vllm|llmserve):[a-z_]+")
-STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park "
-         "with her friends. One day, she saw a big red ball under a tree. ")
+STORY = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park "
+    "with her friends. One day, she saw a big red ball under a tree. "
+)
 
 
 async def drive(router, alpha1, seconds):
@@ -46,18 +50,30 @@ async def drive(router, alpha1, seconds):
                 body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24}
                 r = await c.post(f"{router}/v1/chat/completions", json=body)
             elif n % 4 == 1:
-                body = {"model": model, "prompt": prompt, "max_tokens": 32, "stream": True, "stream_options": {"include_usage": True}}
+                body = {
+                    "model": model,
+                    "prompt": prompt,
+                    "max_tokens": 32,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
                 async with c.stream("POST", f"{router}/v1/completions", json=body) as r:
                     async for _ in r.aiter_lines():
                         pass
             else:
-                r = await c.post(f"{router}/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 16 + n % 24})
+                r = await c.post(
+                    f"{router}/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 16 + n % 24}
+                )
             seen["ok" if r.status_code == 200 else "4xx"] += 1
 
     async def errors(c):
         while time.time() < deadline:
-            for body in ({"model": "gpt-4", "prompt": "x"}, {"model": "alpha", "prompt": "x", "max_tokens": 0},
-                         {"model": "beta", "prompt": "x", "max_tokens": 0}, {"model": "beta", "prompt": "x", "temperature": 9}):
+            for body in (
+                {"model": "gpt-4", "prompt": "x"},
+                {"model": "alpha", "prompt": "x", "max_tokens": 0},
+                {"model": "beta", "prompt": "x", "max_tokens": 0},
+                {"model": "beta", "prompt": "x", "temperature": 9},
+            ):
                 r = await c.post(f"{router}/v1/completions", json=body)
                 assert r.status_code in (400, 404), r.text
                 seen["4xx"] += 1
@@ -83,49 +99,62 @@ async def drive(router, alpha1, seconds):
             await asyncio.sleep(0.2)
 
     async with httpx.AsyncClient(timeout=120) as c:
-        await asyncio.gather(*(worker(c, "alpha", i) for i in range(3)), *(worker(c, "beta", i) for i in range(2)),
-                             errors(c), aborts(c), backpressure(c))
+        await asyncio.gather(
+            *(worker(c, "alpha", i) for i in range(3)),
+            *(worker(c, "beta", i) for i in range(2)),
+            errors(c),
+            aborts(c),
+            backpressure(c),
+        )
     return seen
 
 
 @pytest.fixture(scope="module")
 def fleet():
-    procs = []
-    try:
-        alpha0 = harness.server("alpha-0", "alpha", "--enable-prefix-caching")
-        procs.append(alpha0)
+    with ExitStack() as stack:
+        alpha0 = stack.enter_context(procs.server("alpha-0", "--enable-prefix-caching", served_model_name="alpha"))
         # 16 blocks of 16 tokens: two 150-token generations do not fit at once.
-        alpha1 = harness.server("alpha-1", "alpha", "--enable-prefix-caching", "--max-num-seqs", "2",
-                                "--max-waiting-requests", "1", "--kv-cache-bytes", str(16 * 20480))
-        procs.append(alpha1)
-        beta0 = harness.server("beta-0", "beta", "--disable-engine-metrics")
-        procs.append(beta0)
-        router = harness.router("router", [("alpha", alpha0.url), ("alpha", alpha1.url), ("beta", beta0.url)])
-        procs.append(router)
+        alpha1 = stack.enter_context(
+            procs.server(
+                "alpha-1",
+                "--enable-prefix-caching",
+                "--max-num-seqs",
+                "2",
+                "--max-waiting-requests",
+                "1",
+                "--kv-cache-bytes",
+                str(16 * 20480),
+                served_model_name="alpha",
+            )
+        )
+        beta0 = stack.enter_context(procs.server("beta-0", "--disable-engine-metrics", served_model_name="beta"))
+        router = stack.enter_context(
+            procs.router("router", [("alpha", alpha0.url), ("alpha", alpha1.url), ("beta", beta0.url)])
+        )
         common = {"namespace": "llmserve-e2e", "llmserve_app": "demo"}
-        prom = harness.Prometheus([
-            ("alpha-0", alpha0.url, {**common, "pod": "demo-alpha-0"}),
-            ("alpha-1", alpha1.url, {**common, "pod": "demo-alpha-1"}),
-            ("beta-0", beta0.url, {**common, "pod": "demo-beta-0"}),
-            ("router", router.url, {**common, "pod": "demo-router-0"}),
-        ])
-        procs.append(prom)
+        prom = stack.enter_context(
+            Prometheus(
+                [
+                    ("alpha-0", alpha0.url, {**common, "pod": "demo-alpha-0"}),
+                    ("alpha-1", alpha1.url, {**common, "pod": "demo-alpha-1"}),
+                    ("beta-0", beta0.url, {**common, "pod": "demo-beta-0"}),
+                    ("router", router.url, {**common, "pod": "demo-router-0"}),
+                ]
+            )
+        )
         time.sleep(2)
         seen = asyncio.run(drive(router.url, alpha1.url, seconds=20))
         time.sleep(4)  # the last scrapes
         yield prom, seen
-    finally:
-        for p in reversed(procs):
-            p.stop()
 
 
 def test_dashboards_are_generated_and_shipped_from_one_source():
-    r = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(GENERATE), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
 def test_dashboards_validate_against_grafana_schema():
-    schema_path = harness.Path(__import__("os").environ.get("LLMSERVE_GRAFANA_SCHEMA", ""))
+    schema_path = Path(os.environ.get("LLMSERVE_GRAFANA_SCHEMA", ""))
     assert schema_path.is_file(), "set LLMSERVE_GRAFANA_SCHEMA (tests/run.sh generates it from npm's @grafana/schema)"
     schema = json.loads(schema_path.read_text())
     for name in ("llm-serving.json", "llmserve-operator.json"):
@@ -149,15 +178,21 @@ def test_every_serving_panel_has_data(fleet):
             n = len(res["data"]["result"]) if res["status"] == "success" else -1
             rows.append((p["title"], t["refId"], n))
             if n <= 0:
-                failures.append(f"{p['title']} [{t['refId']}]: {res.get('error') or 'no series'}: {substitute(t['expr'])}")
+                failures.append(
+                    f"{p['title']} [{t['refId']}]: {res.get('error') or 'no series'}: {substitute(t['expr'])}"
+                )
     print("\n| panel | query | series |\n|---|---|---:|")
     for title, ref, n in rows:
         print(f"| {title} | {ref} | {n} |")
     assert not failures, "\n".join(failures)
+
     # The load reached the paths the panels are there to show.
     def total(expr):
         return sum(float(r["value"][1]) for r in prom.query(expr)["data"]["result"])
-    assert total('vllm:prefix_cache_hits_total{model_name="alpha"}') > 0, "shared prompt prefixes were found in the cache"
+
+    assert total('vllm:prefix_cache_hits_total{model_name="alpha"}') > 0, (
+        "shared prompt prefixes were found in the cache"
+    )
     assert total("vllm:num_preemptions_total") > 0, "the small cache preempted"
     assert total('vllm:request_success_total{finished_reason="abort"}') > 0, "client aborts were counted"
     # Direct clients saw these 429s; the router's clients may have met more of them.
@@ -173,8 +208,12 @@ def test_template_variables_find_values(fleet):
             continue
         m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["query"]["query"])
         found[v["name"]] = sorted(prom.label_values(m.group(2), substitute(m.group(1))))
-    assert found == {"namespace": ["llmserve-e2e"], "application": ["demo"], "model": ["alpha", "beta"],
-                     "replica": ["demo-alpha-0", "demo-alpha-1", "demo-beta-0"]}, found
+    assert found == {
+        "namespace": ["llmserve-e2e"],
+        "application": ["demo"],
+        "model": ["alpha", "beta"],
+        "replica": ["demo-alpha-0", "demo-alpha-1", "demo-beta-0"],
+    }, found
 
 
 def test_engine_metrics_off_empties_only_the_engine_panels(fleet):
@@ -185,8 +224,13 @@ def test_engine_metrics_off_empties_only_the_engine_panels(fleet):
         needs_engine = any(ENGINE.search(t["expr"]) for t in p["targets"])
         counts = [len(prom.query(substitute(t["expr"], model="beta"))["data"]["result"]) for t in p["targets"]]
         (engine if needs_engine else service).append((p["title"], counts))
-    listed = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--engine-panels"], capture_output=True, text=True).stdout.split("\n")
+    listed = subprocess.run(
+        [sys.executable, str(GENERATE), "--engine-panels"], capture_output=True, text=True
+    ).stdout.split("\n")
     assert sorted(t for t, _ in engine) == sorted(x for x in listed if x)
     assert all(sum(c) == 0 for _, c in engine), [e for e in engine if sum(e[1])]
     assert all(min(c) > 0 for _, c in service), [s for s in service if min(s[1]) == 0]
-    print(f"\nbeta (--disable-engine-metrics): {len(engine)} engine panels empty, {len(service)} service-level panels with data")
+    print(
+        f"\nbeta (--disable-engine-metrics): {len(engine)} engine panels empty, "
+        f"{len(service)} service-level panels with data"
+    )

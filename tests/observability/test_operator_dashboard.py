@@ -2,15 +2,12 @@
 which reconciles applications on the real test API server."""
 
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
-
-sys.path.insert(0, str(harness.ROOT / "dashboards"))
-from generate import fill, query_panels  # noqa: E402
+from generate import fill, query_panels
+from llmserve_testing import procs
+from llmserve_testing.paths import DASHBOARDS
+from llmserve_testing.prometheus import Prometheus
 
 VALID = """
 apiVersion: llmserve.dev/v1alpha1
@@ -32,20 +29,14 @@ spec:
 """
 
 
-def test_every_operator_panel_has_data():
-    cp = harness.ControlPlane()
-    procs = []
-    try:
-        cp.kubectl("apply", "--server-side", "-f", str(harness.ROOT / "crds/llmapplications.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/llmapplications.llmserve.dev", "--timeout=30s")
-        cp.kubectl("create", "namespace", "llmserve-system")
-        port = harness.free_port()
-        op = harness.Proc("operator", [harness.binary("llmserve-operator"), f"--metrics-addr=127.0.0.1:{port}", "--namespace=llmserve-system",
-                                       "--usage-interval-seconds=1", "--log-format=text"], port, health="/readyz",
-                          env={"KUBECONFIG": cp.kubeconfig, "RUST_LOG": "warn"})
-        procs.append(op)
-        prom = harness.Prometheus([("operator", op.url, {"namespace": "llmserve-system", "pod": "llmserve-operator-0"})])
-        procs.append(prom)
+def test_every_operator_panel_has_data(control_plane):
+    cp = control_plane  # the LlmApplication CRD is Established
+    cp.kubectl("create", "namespace", "llmserve-system")
+    args = ["--namespace=llmserve-system", "--usage-interval-seconds=1", "--log-format=text"]
+    with (
+        procs.operator("operator", cp.kubeconfig, *args) as op,
+        Prometheus([("operator", op.url, {"namespace": "llmserve-system", "pod": "llmserve-operator-0"})]) as prom,
+    ):
         # Scraped once before any reconcile, so the rates see every one of them.
         deadline = time.time() + 30
         while prom.targets_up().get("operator") != "up" and time.time() < deadline:
@@ -56,7 +47,7 @@ def test_every_operator_panel_has_data():
         time.sleep(3)
         cp.kubectl("apply", "-f", "-", stdin=VALID.replace("/models/stories260k", "/models/stories260k-v2"))
         time.sleep(6)
-        d = json.loads((harness.ROOT / "dashboards/llmserve-operator.json").read_text())
+        d = json.loads((DASHBOARDS / "llmserve-operator.json").read_text())
         failures = []
         print("\n| panel | query | series |\n|---|---|---:|")
         for p in query_panels(d):
@@ -68,11 +59,9 @@ def test_every_operator_panel_has_data():
                 if n <= 0:
                     failures.append(f"{p['title']}: {res.get('error') or 'no series'}: {expr}")
         assert not failures, "\n".join(failures)
-        results = {r["metric"]["result"]: float(r["value"][1]) for r in prom.query("llmserve_operator_reconciles_total")["data"]["result"]}
+        reconciles = prom.query("llmserve_operator_reconciles_total")["data"]["result"]
+        results = {r["metric"]["result"]: float(r["value"][1]) for r in reconciles}
         assert results["success"] > 0 and results["invalid"] > 0, results
-        apps = {r["metric"]["kind"]: float(r["value"][1]) for r in prom.query("llmserve_usage_applications")["data"]["result"]}
+        usage = prom.query("llmserve_usage_applications")["data"]["result"]
+        apps = {r["metric"]["kind"]: float(r["value"][1]) for r in usage}
         assert apps == {"applications": 2.0, "models": 2.0}, apps
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        cp.stop()

@@ -3,8 +3,8 @@
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-pub use crate::process::{free_port, wait_healthy, workspace_bin};
 use crate::process::Process;
+pub use crate::process::{free_port, wait_healthy, workspace_bin};
 
 /// A running `llmserve-server`.
 pub struct Server {

@@ -5,19 +5,17 @@ id, and answers like the local directory; a Hub it cannot reach gives one clear 
 
 import hashlib
 import http.server
-import os
 import re
 import subprocess
 import tempfile
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import openai
-import pytest
 
-from test_openai_client import BIN, MODEL, free_port
+from llmserve_testing import procs
+from llmserve_testing.net import free_port
+from llmserve_testing.paths import MODEL, binary
 
 REPO = "llmserve-test/stories260k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -37,8 +35,8 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.requests.append(self.path)
         prefix = f"/{REPO}/resolve/main/"
-        path = MODEL / self.path[len(prefix):] if self.path.startswith(prefix) else None
-        if path is None or not path.is_file() or "/" in self.path[len(prefix):] or path.name in self.server.missing:
+        path = MODEL / self.path[len(prefix) :] if self.path.startswith(prefix) else None
+        if path is None or not path.is_file() or "/" in self.path[len(prefix) :] or path.name in self.server.missing:
             self.send_response(404)
             self.send_header("x-error-code", "EntryNotFound")
             self.end_headers()
@@ -54,28 +52,13 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("content-range", f"bytes {start}-{end}/{len(data)}")
         self.send_header("content-length", str(end - start + 1))
         self.end_headers()
-        self.wfile.write(data[start:end + 1])
+        self.wfile.write(data[start : end + 1])
 
 
 def serve(env, *extra):
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="llmserve-hub-", suffix=".log", delete=False)
-    proc = subprocess.Popen([BIN, "--model", REPO, "--port", str(port), "--log-format", "text", *extra],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**{k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}, **env})
-    return proc, port, Path(log.name)
-
-
-def wait_healthy(proc, port, log):
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-        assert proc.poll() is None, log.read_text()
-    raise TimeoutError(log.read_text())
+    """The server on the repo id, not waited for: RUST_LOG inherited (the tests read its info lines),
+    the CPU threading left to the server."""
+    return procs.server("hub", *extra, model=REPO, rust_log=None, health=None, unset=("RAYON_NUM_THREADS",), env=env)
 
 
 def test_a_repo_id_is_downloaded_with_progress_and_served_under_its_id():
@@ -85,43 +68,39 @@ def test_a_repo_id_is_downloaded_with_progress_and_served_under_its_id():
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     home = tempfile.mkdtemp(prefix="llmserve-hf-home-")
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}", "HF_HOME": home}
-    proc, port, log = serve(env)
-    try:
-        wait_healthy(proc, port, log)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    with serve(env) as server:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list()] == [REPO]
         out = client.completions.create(model=REPO, prompt="Once upon a time", max_tokens=8, temperature=0)
         assert out.choices[0].text and out.usage.completion_tokens == 8
-        text = log.read_text()
+        text = server.log_text()
         assert "downloading" in text and "downloaded" in text and "model.safetensors" in text, text
-        assert "cpu_threads=1" in re.sub(r"\x1b\[[0-9;]*m", "", text), "the server re-executed itself with one CPU thread"
+        assert "cpu_threads=1" in re.sub(r"\x1b\[[0-9;]*m", "", text), (
+            "the server re-executed itself with one CPU thread"
+        )
         snapshot = Path(home) / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
         assert (snapshot / "config.json").is_file() and (snapshot / "model.safetensors").is_file()
         asked = [r for r in hub.requests if r.endswith("/generation_config.json")]
         assert len(asked) == 1, hub.requests
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     # Cached: a second start needs no Hub at all.
     hub.shutdown()
-    proc, port, log = serve({**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
-    try:
-        wait_healthy(proc, port, log)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serve({**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}) as server:
+        server.wait_ready()
 
 
 def test_an_unreachable_hub_is_one_clear_error():
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": tempfile.mkdtemp()}
-    proc, _, log = serve(env)
-    assert proc.wait(timeout=60) != 0
-    text = log.read_text()
+    with serve(env) as server:
+        assert server.process.wait(timeout=60) != 0
+    text = server.log_text()
     assert f"downloading config.json of {REPO} (revision main)" in text, text
     assert "pass its directory to --model" in text, text
 
 
 def test_a_path_that_is_not_a_model_is_refused():
-    proc = subprocess.run([BIN, "--model", "/nonexistent/model"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [binary("llmserve-server"), "--model", "/nonexistent/model"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "neither a model directory" in proc.stderr, proc.stderr

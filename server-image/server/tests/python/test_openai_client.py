@@ -1,56 +1,25 @@
 """The official `openai` Python client against a running `llmserve-server` on stories260k."""
 
-import os
 import signal
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parents[4]
-MODEL = (ROOT.parent / "shared" / "models" / "stories260k").resolve()
-BIN = os.environ.get("LLMSERVE_SERVER_BIN", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "llmserve-server"))
-
-
-def reference(name):
-    return (MODEL / "reference" / name).read_text()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from llmserve_testing import procs
+from llmserve_testing.paths import reference
 
 
 def start(*extra):
-    port = free_port()
-    proc = subprocess.Popen(
-        [BIN, "--model", str(MODEL), "--port", str(port), "--served-model-name", "stories", *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{BIN} did not become healthy")
+    """llmserve-server serving stories260k as `stories`, healthy."""
+    return procs.server("openai-client", *extra, served_model_name="stories")
 
 
 @pytest.fixture(scope="module")
 def client():
-    proc, url = start()
-    yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
-    proc.terminate()
-    proc.wait(timeout=30)
+    with start() as server:
+        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
 def test_models(client):
@@ -69,7 +38,12 @@ def test_streamed_chat_equals_whole_chat(client):
     msgs = [{"role": "user", "content": "Tom and Lily went"}]
     whole = client.chat.completions.create(model="stories", messages=msgs, max_tokens=16, temperature=0)
     stream = client.chat.completions.create(
-        model="stories", messages=msgs, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+        model="stories",
+        messages=msgs,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     pieces, usage, finish = [], None, None
     for chunk in stream:
@@ -93,28 +67,34 @@ def test_errors_reach_the_client_typed(client):
 
 
 def test_sigterm_finishes_running_streams_and_refuses_new_work():
-    proc, url = start("--shutdown-grace-seconds", "20")
-    c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
-    got = {}
+    with start("--shutdown-grace-seconds", "20") as server:  # stopped also when an assertion fails
+        proc = server.process
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        got = {}
 
-    def consume():
-        s = c.completions.create(
-            model="stories", prompt="Once upon a time", max_tokens=400, temperature=0, stream=True, extra_body={"ignore_eos": True}
-        )
-        got["chunks"] = 0
-        for chunk in s:
-            got["chunks"] += 1
-            got["finish"] = chunk.choices[0].finish_reason or got.get("finish")
-            if got["chunks"] == 2:
-                got["started"] = True
+        def consume():
+            s = c.completions.create(
+                model="stories",
+                prompt="Once upon a time",
+                max_tokens=400,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            got["chunks"] = 0
+            for chunk in s:
+                got["chunks"] += 1
+                got["finish"] = chunk.choices[0].finish_reason or got.get("finish")
+                if got["chunks"] == 2:
+                    got["started"] = True
 
-    t = threading.Thread(target=consume)
-    t.start()
-    while not got.get("started"):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    t.join(timeout=30)
-    assert got.get("finish") == "length", got  # the running stream ran to its end
-    assert proc.wait(timeout=30) == 0
-    with pytest.raises(openai.APIConnectionError):
-        c.models.list()
+        t = threading.Thread(target=consume)
+        t.start()
+        while not got.get("started"):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=30)
+        assert got.get("finish") == "length", got  # the running stream ran to its end
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(openai.APIConnectionError):
+            c.models.list()

@@ -1,7 +1,9 @@
 """Hugging Face transformers on CPU, generating from stories260k with the prompts of
-bench-server.py: the baseline the server's figures are compared with. Run by the Python of a
-virtual environment holding torch and transformers (bench-server.py --hf-python); prints one JSON
-line per batch size.
+bench/server.py: the baseline the server's figures are compared with. Run as a script by the Python
+of a virtual environment holding torch and transformers (`python -m bench.server --hf-python PY`
+does); it imports nothing of the repository. Prints one JSON line per batch size:
+
+    ~/.cache/llmserve/venv-hf/bin/python tests/bench/hf_baseline.py tests/fixtures/stories260k SECONDS MAX_TOKENS
 
 For each batch size B in 1, 8, 32: B prompts (the same five, cycled) are generated together with
 `generate` (left padding, sampling at temperature 0.8, exactly MAX_TOKENS new tokens), repeated
@@ -29,8 +31,16 @@ torch.manual_seed(0)
 def gen(batch, n):
     enc = tok([PROMPTS[i % len(PROMPTS)] for i in range(batch)], return_tensors="pt", padding=True)
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.8, top_p=1.0, top_k=0,
-                             pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **enc,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=True,
+            temperature=0.8,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=tok.pad_token_id,
+        )
     return out.shape[1] - enc["input_ids"].shape[1]
 
 
@@ -52,6 +62,18 @@ for batch in (1, 8, 32):
     tokens += batch * len(ttfts)
     ttfts.sort()
     tpots.sort()
-    print(json.dumps({"batch": batch, "tok_s": tokens / elapsed, "ttft_p50": ttfts[len(ttfts) // 2], "ttft_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
-                      "tpot_p50": tpots[len(tpots) // 2], "tpot_p99": tpots[min(len(tpots) - 1, int(0.99 * len(tpots)))],
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+    print(
+        json.dumps(
+            {
+                "batch": batch,
+                "tok_s": tokens / elapsed,
+                "ttft_p50": ttfts[len(ttfts) // 2],
+                "ttft_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
+                "tpot_p50": tpots[len(tpots) // 2],
+                "tpot_p99": tpots[min(len(tpots) - 1, int(0.99 * len(tpots)))],
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        ),
+        flush=True,
+    )
