@@ -174,6 +174,13 @@ impl EngineHandle {
     pub fn is_alive(&self) -> bool {
         !self.shared.stopped.load(Ordering::Relaxed)
     }
+
+    /// Resolves once the engine thread has ended (returned or panicked).
+    pub async fn stopped(&self) {
+        while self.is_alive() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 struct Seq {
@@ -219,10 +226,38 @@ pub fn spawn(
                 shared: shared.clone(),
             };
             core.run(rx);
-            shared.stopped.store(true, Ordering::Relaxed);
         })
         .expect("spawn engine thread");
     handle
+}
+
+/// When the engine thread ends, whether its loop returned or panicked, the engine is marked stopped
+/// and its gauges idle first; only then are the fields dropped, closing the event channels of the
+/// requests in flight, whose handlers answer with a 5xx. So no client learns of the failure before
+/// `/health` does.
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        self.shared.waiting.store(0, Ordering::SeqCst);
+        if let Some(m) = &self.metrics {
+            m.running.set(0.0);
+            m.waiting.set(0.0);
+            m.kv_usage.set(0.0);
+            m.batch_size.set(0.0);
+        }
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked; this replica can serve no more requests");
+        }
+    }
+}
+
+/// Test-only fault injection: `LLMSERVE_FAULT_ENGINE_PANIC_AFTER_STEPS=N` makes the engine thread
+/// panic after N steps. Honoured by debug builds only; a release build ignores it.
+fn fault_panic_after_steps() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("LLMSERVE_FAULT_ENGINE_PANIC_AFTER_STEPS").ok()?.parse().ok()
 }
 
 struct Core {
@@ -238,6 +273,8 @@ struct Core {
 
 impl Core {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        let fault_after = fault_panic_after_steps();
+        let mut steps = 0u64;
         loop {
             if self.sched.is_idle() {
                 match rx.recv() {
@@ -252,6 +289,11 @@ impl Core {
                     Err(mpsc::TryRecvError::Disconnected) if self.sched.is_idle() => return,
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 }
+            }
+            steps += 1;
+            #[allow(clippy::panic)] // the fault injected on purpose by tests (debug builds only)
+            if fault_after.is_some_and(|n| steps > n) {
+                panic!("fault injected by LLMSERVE_FAULT_ENGINE_PANIC_AFTER_STEPS after {} steps", steps - 1);
             }
             if let Err(e) = self.step() {
                 // A failed step fails every sequence in flight, never the process.

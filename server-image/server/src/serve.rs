@@ -207,7 +207,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ = shutdown_signal() => { return Ok(()); }
     }
-    shutdown_signal().await;
-    serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
-    Ok(())
+    let engine = state.loaded.get().map(|l| l.engine.clone());
+    let engine_died = async {
+        match &engine {
+            Some(e) => e.stopped().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {
+            serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
+            Ok(())
+        }
+        _ = engine_died => {
+            // /health already answers 503 and requests in flight got their 5xx; a moment for those
+            // answers to leave, then exit non-zero so the kubelet restarts the replica.
+            tracing::error!("the engine has stopped; exiting so that this replica is restarted");
+            tokio::time::sleep(ENGINE_DEATH_FLUSH).await;
+            anyhow::bail!("the engine thread stopped")
+        }
+    }
 }
+
+/// How long a server whose engine died keeps answering (503s, and the errors of requests in flight)
+/// before it exits.
+const ENGINE_DEATH_FLUSH: Duration = Duration::from_secs(2);
