@@ -39,6 +39,11 @@ impl ApiError {
         }
     }
 
+    /// 400 for a parameter this server does not implement (yet): refused, never silently ignored.
+    pub fn unsupported(param: &str, message: impl Into<String>) -> Self {
+        ApiError { code: Some("unsupported"), ..ApiError::invalid(param, message) }
+    }
+
     /// 400 for a body that is not the JSON we expect.
     pub fn malformed(message: impl Into<String>) -> Self {
         ApiError {

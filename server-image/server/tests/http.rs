@@ -482,3 +482,106 @@ async fn prefix_caching_reuses_blocks_and_changes_no_output() {
     let plain_m = metrics_text(&plain).await;
     assert_eq!(sample(&plain_m, "vllm:prefix_cache_hits_total"), Some(0.0));
 }
+
+#[tokio::test]
+async fn fields_the_server_does_not_implement_are_refused_by_name() {
+    let (_, app) = loaded(&[]);
+    let base = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 4});
+    let with = |key: &str, value: Value| {
+        let mut b = base.clone();
+        b[key] = value;
+        b
+    };
+    for (body, param, code) in [
+        (with("logprobs", json!(5)), "logprobs", json!("unsupported")),
+        (with("echo", json!(true)), "echo", json!("unsupported")),
+        (with("logit_bias", json!({"42": 10})), "logit_bias", json!("unsupported")),
+        (with("response_format", json!({"type": "json_object"})), "response_format", json!("unsupported")),
+        (with("guided_regex", json!("[a-z]+")), "guided_regex", json!("unsupported")),
+        (with("repetition_penalty", json!(1.3)), "repetition_penalty", json!("unsupported")),
+        (with("n", json!(3)), "n", Value::Null),
+        (with("temperatur", json!(0.5)), "temperatur", Value::Null),
+    ] {
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let chat = json!({"model": "stories260k", "messages": [{"role": "user", "content": "Hi"}], "tools": tools});
+    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat)).await;
+    assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!("tools")), "{v}");
+
+    // The values clients send by default ask for nothing and are accepted.
+    let mut neutral = base.clone();
+    for (k, v) in [("logprobs", Value::Null), ("echo", json!(false)), ("best_of", json!(1)), ("user", json!("u"))] {
+        neutral[k] = v;
+    }
+    let (s, v) = json_call(&app, "POST", "/v1/completions", Some(neutral)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let chat = json!({
+        "model": "stories260k", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+        "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "logprobs": false, "n": 1,
+    });
+    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn stop_lists_are_bounded_and_a_tiny_temperature_is_greedy() {
+    let (_, app) = loaded(&[]);
+    let base = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 24});
+    let with = |key: &str, value: Value| {
+        let mut b = base.clone();
+        b[key] = value;
+        b
+    };
+    for (body, param) in [
+        (with("stop", json!("")), "stop"),
+        (with("stop", json!(["a", "b", "c", "d", "e"])), "stop"),
+        (with("stop", json!("x".repeat(257))), "stop"),
+        (with("stop", json!([1, 2])), "stop"),
+        (with("stop_token_ids", json!(vec![2; 65])), "stop_token_ids"),
+        (with("stop_token_ids", json!([1u64 << 33])), "stop_token_ids"),
+    ] {
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body.clone())).await;
+        assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!(param)), "{body}: {v}");
+    }
+    let (_, greedy) = json_call(&app, "POST", "/v1/completions", Some(with("temperature", json!(0)))).await;
+    let (s, tiny) = json_call(&app, "POST", "/v1/completions", Some(with("temperature", json!(1e-38)))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tiny["choices"][0]["text"], greedy["choices"][0]["text"], "1e-38 acts as greedy");
+}
+
+/// The request that stopped a replica for good: non-ASCII text, a high temperature and stop
+/// strings with accents. Every answer is 200 and the engine serves on.
+#[tokio::test]
+async fn accented_text_with_stop_strings_at_a_high_temperature_keeps_the_engine_alive() {
+    let (state, app) = loaded(&[]);
+    for seed in 0..24 {
+        let body = json!({
+            "model": "stories260k", "prompt": "Il était une fois, à l'école, un élève très curieux",
+            "max_tokens": 48, "temperature": 2.0, "top_p": 1.0, "seed": seed,
+            "stop": ["é", "à l", "ç", "\u{1F600}"],
+        });
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body)).await;
+        assert_eq!(s, StatusCode::OK, "seed {seed}: {v}");
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        assert!(!["é", "à l", "ç"].iter().any(|st| text.contains(st)), "no stop string is sent: {text:?}");
+    }
+    assert!(state.loaded.get().unwrap().engine.is_alive());
+    let (s, v) = json_call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some(json!({
+            "model": "stories260k", "prompt": "Once upon a time", "max_tokens": 60, "temperature": 0,
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        reference("once_upon_a_time.txt")
+            .starts_with(&format!("Once upon a time{}", v["choices"][0]["text"].as_str().unwrap()))
+    );
+}

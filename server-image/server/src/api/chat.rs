@@ -14,6 +14,7 @@ use crate::state::AppState;
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = validate::parse_object(&body)?;
     validate::check_model(&body, &state)?;
+    validate::check_fields(&body, validate::CHAT_FIELDS)?;
     let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
@@ -39,7 +40,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
     let text = render(template, messages)
         .map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
-    let prompt = loaded.tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = validate::encode(&loaded.tokenizer, text, "messages").await?;
     let valid = validate::generation(&body, &state, prompt, None)?;
     respond(&state, valid, Kind::Chat).await
 }

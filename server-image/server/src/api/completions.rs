@@ -17,11 +17,13 @@ pub const DEFAULT_MAX_TOKENS: usize = 16;
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = validate::parse_object(&body)?;
     validate::check_model(&body, &state)?;
+    validate::check_fields(&body, validate::COMPLETION_FIELDS)?;
     let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
     let prompt = match body.get("prompt") {
-        Some(Value::String(s)) => loaded.tokenizer.encode(s).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        Some(Value::String(s)) => validate::encode(&loaded.tokenizer, s.clone(), "prompt").await?,
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            loaded.tokenizer.encode(a[0].as_str().unwrap()).map_err(|e| ApiError::invalid("prompt", e.to_string()))?
+            let text = a[0].as_str().unwrap_or_default().to_string();
+            validate::encode(&loaded.tokenizer, text, "prompt").await?
         }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_u64().is_some()) => {
             // An id the embedding cannot look up would fail the whole engine step, and with it

@@ -1,9 +1,11 @@
 //! Raw OpenAI request bodies become `Valid*` values here; nothing unchecked reaches the engine.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use llmserve_engine::engine::EngineRequest;
 use llmserve_engine::sampling::SamplingParams;
+use llmserve_engine::tokenizer::Tokenizer;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -18,6 +20,113 @@ pub struct ValidGeneration {
     pub stream: bool,
     /// Send a final usage chunk when streaming.
     pub include_usage: bool,
+}
+
+// === which fields a request may carry ===
+
+/// Fields every generation route implements.
+const GENERATION_FIELDS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "user",
+];
+
+/// `POST /v1/completions`'s own fields.
+pub const COMPLETION_FIELDS: &[&str] = &["prompt"];
+
+/// `POST /v1/chat/completions`'s own fields (`parallel_tool_calls` means nothing without tools).
+pub const CHAT_FIELDS: &[&str] = &["messages", "parallel_tool_calls"];
+
+/// Fields of OpenAI's and vLLM's APIs this server does not implement, each with the values that ask
+/// for nothing (accepted, as clients send them by default); any other value is refused.
+const UNSUPPORTED: &[(&str, &[&str])] = &[
+    ("logprobs", &["false"]),
+    ("top_logprobs", &["0"]),
+    ("echo", &["false"]),
+    ("best_of", &["1"]),
+    ("logit_bias", &["{}"]),
+    ("suffix", &["\"\""]),
+    ("tools", &["[]"]),
+    ("tool_choice", &["\"none\""]),
+    ("functions", &["[]"]),
+    ("function_call", &["\"none\""]),
+    ("response_format", &[r#"{"type":"text"}"#]),
+    ("guided_json", &[]),
+    ("guided_regex", &[]),
+    ("guided_choice", &[]),
+    ("guided_grammar", &[]),
+    ("guided_decoding_backend", &[]),
+    ("structured_outputs", &[]),
+    ("use_beam_search", &["false"]),
+    ("length_penalty", &["1", "1.0"]),
+    ("min_tokens", &["0"]),
+    ("min_p", &["0", "0.0"]),
+    ("repetition_penalty", &["1", "1.0"]),
+    ("prompt_logprobs", &[]),
+    ("include_stop_str_in_output", &["false"]),
+    ("skip_special_tokens", &["true"]),
+    ("store", &["false"]),
+    ("metadata", &["{}"]),
+    ("service_tier", &["\"auto\"", "\"default\""]),
+    ("modalities", &[r#"["text"]"#]),
+    ("audio", &[]),
+    ("prediction", &[]),
+    ("reasoning_effort", &[]),
+    ("web_search_options", &[]),
+];
+
+/// Refuses a field the route does not know, and a field it does not implement unless its value
+/// asks for nothing: a client must never believe it got what the server silently dropped.
+pub fn check_fields(body: &serde_json::Map<String, Value>, route_fields: &[&str]) -> Result<(), ApiError> {
+    for (key, value) in body {
+        if GENERATION_FIELDS.contains(&key.as_str()) || route_fields.contains(&key.as_str()) {
+            continue;
+        }
+        match UNSUPPORTED.iter().find(|(name, _)| name == key) {
+            Some((_, neutral)) if value.is_null() || neutral.contains(&value.to_string().as_str()) => {}
+            Some(_) => {
+                return Err(ApiError::unsupported(key, format!("`{key}` is not supported by this server yet")));
+            }
+            None => {
+                return Err(ApiError::invalid(key, format!("Unrecognized request argument supplied: {key}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At most this many stop strings (OpenAI's limit) ...
+pub const MAX_STOP_STRINGS: usize = 4;
+/// ... of at most this many characters each.
+pub const MAX_STOP_CHARS: usize = 256;
+/// At most this many `stop_token_ids`.
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
+/// Temperatures below this sample greedily (vLLM's threshold): dividing logits by a tiny
+/// temperature overflows to infinities and samples garbage.
+pub const GREEDY_BELOW_TEMPERATURE: f64 = 1e-5;
+
+/// Token ids of `text`, computed on the blocking pool: a multi-megabyte prompt must not hold up
+/// the async workers that serve every other connection.
+pub async fn encode(tokenizer: &Arc<Tokenizer>, text: String, param: &str) -> Result<Vec<u32>, ApiError> {
+    let tokenizer = tokenizer.clone();
+    match tokio::task::spawn_blocking(move || tokenizer.encode(&text)).await {
+        Ok(Ok(ids)) => Ok(ids),
+        Ok(Err(e)) => Err(ApiError::invalid(param, e.to_string())),
+        Err(_) => Err(ApiError::internal("tokenization failed")),
+    }
 }
 
 /// Parses a JSON object body.
@@ -63,6 +172,31 @@ fn boolean(body: &serde_json::Map<String, Value>, key: &str) -> Result<bool, Api
     }
 }
 
+/// `stop`: a string or a list of strings, each non-empty and bounded.
+fn stop_strings(body: &serde_json::Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let refuse = || {
+        ApiError::invalid(
+            "stop",
+            format!(
+                "`stop` must be a string or a list of at most {MAX_STOP_STRINGS} strings, each of 1 to \
+                 {MAX_STOP_CHARS} characters"
+            ),
+        )
+    };
+    let stops: Vec<String> = match body.get("stop") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= MAX_STOP_STRINGS => {
+            a.iter().map(|v| v.as_str().map(String::from)).collect::<Option<_>>().ok_or_else(refuse)?
+        }
+        Some(_) => return Err(refuse()),
+    };
+    if stops.iter().any(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS) {
+        return Err(refuse());
+    }
+    Ok(stops)
+}
+
 /// Validates sampling and length fields for `prompt` and builds the engine request.
 /// `default_max_tokens` is OpenAI's default for the route (16 for completions; the rest of the
 /// context for chat).
@@ -73,6 +207,10 @@ pub fn generation(
     default_max_tokens: Option<usize>,
 ) -> Result<ValidGeneration, ApiError> {
     let max_len = state.max_model_len;
+    if prompt.is_empty() {
+        // A tokenizer that adds no BOS (Qwen2) makes no token of an empty prompt: nothing to compute.
+        return Err(ApiError::invalid("prompt", "The prompt cannot be empty."));
+    }
     if prompt.len() >= max_len {
         return Err(ApiError::invalid(
             "prompt",
@@ -100,12 +238,15 @@ pub fn generation(
         Some(n) => n as usize,
         None => default_max_tokens.unwrap_or(room).min(room),
     };
-    let temperature = number(body, "temperature")?.unwrap_or(1.0);
+    let mut temperature = number(body, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
             "temperature",
             format!("`temperature` must be between 0 and 2, got {temperature}"),
         ));
+    }
+    if temperature < GREEDY_BELOW_TEMPERATURE {
+        temperature = 0.0;
     }
     let top_p = number(body, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -132,20 +273,20 @@ pub fn generation(
         Some(s) => s as u64,
         None => state.next_seed(),
     };
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
-            a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
-        }
-        Some(_) => return Err(ApiError::invalid("stop", "`stop` must be a string or up to 4 non-empty strings")),
-    };
+    let stop = stop_strings(body)?;
     let stop_token_ids = match body.get("stop_token_ids") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) if a.iter().all(|v| v.as_u64().is_some()) => {
-            a.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        Some(Value::Array(a)) if a.len() <= MAX_STOP_TOKEN_IDS => a
+            .iter()
+            .map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| ApiError::invalid("stop_token_ids", "`stop_token_ids` must be token ids"))?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop_token_ids",
+                format!("`stop_token_ids` must be a list of at most {MAX_STOP_TOKEN_IDS} token ids"),
+            ));
         }
-        Some(_) => return Err(ApiError::invalid("stop_token_ids", "`stop_token_ids` must be a list of token ids")),
     };
     let stream = boolean(body, "stream")?;
     let include_usage = match body.get("stream_options") {
