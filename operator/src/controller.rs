@@ -30,6 +30,10 @@ use crate::metrics::Metrics;
 use crate::status::{self, Cond, reasons, types};
 use crate::validate::validate;
 
+/// A status condition's message is one line of at most this many bytes (the API allows 32 KiB; a
+/// person reads far less).
+const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// Field manager that sets only the initial replica count of an autoscaled Deployment, so the
 /// main manager can leave `spec.replicas` to the HPA without it falling back to the default.
 pub const INITIAL_REPLICAS_MANAGER: &str = "llmserve-operator-initial-replicas";
@@ -87,8 +91,8 @@ impl Context {
 
     async fn event(&self, app: &LlmApplication, type_: EventType, reason: &str, action: &str, note: String) {
         let reference: ObjectReference = app.object_ref(&());
-        let mut note = note;
-        note.truncate(1000);
+        // Kubernetes caps an Event's note at 1 kB.
+        let note = crate::text::one_line(&note, 1000);
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, reason, "could not publish event");
@@ -193,6 +197,7 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     let problems = validate(app);
     if !problems.is_empty() {
         let msg = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let msg = crate::text::one_line(&msg, MAX_MESSAGE_BYTES);
         tracing::warn!(app = %app.name_any(), problems = %msg, "invalid spec; children left as they are");
         let conds = [
             Cond::new(types::READY, false, reasons::INVALID_SPEC, msg.clone()),
@@ -216,7 +221,7 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     let applied = match apply(ctx, app, &desired, wanted).await {
         Ok(a) => a,
         Err(e) => {
-            let msg = format!("applying children failed ({}): {e}", e.metric_label());
+            let msg = crate::text::one_line(&format!("{e} ({})", e.metric_label()), MAX_MESSAGE_BYTES);
             let conds = [Cond::new(types::DEGRADED, true, reasons::APPLY_FAILED, msg.clone())];
             // The generation stays unobserved, so the retry prunes too. The status write may fail
             // for the same reason; the apply error is what matters.
@@ -313,7 +318,7 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
         let initial = model.autoscaling().map(|a| a.initial_replicas.unwrap_or(a.min_replicas)).unwrap_or(1);
         // Only an autoscaled model starting above one replica needs to know whether it is new.
         let is_new = initial > 1 && deployments.get_metadata_opt(&name).await?.is_none();
-        let mut live = deployments.patch(&name, &pp, &Patch::Apply(dep)).await?;
+        let mut live = deployments.patch(&name, &pp, &Patch::Apply(dep)).await.map_err(failed("Deployment", &name))?;
         if is_new {
             let replicas = json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
@@ -321,32 +326,56 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
             });
             live = deployments
                 .patch(&name, &PatchParams::apply(INITIAL_REPLICAS_MANAGER), &Patch::Apply(&replicas))
-                .await?;
+                .await
+                .map_err(failed("Deployment", &name))?;
         }
-        services.patch(&name, &pp, &Patch::Apply(svc)).await?;
+        services.patch(&name, &pp, &Patch::Apply(svc)).await.map_err(failed("Service", &name))?;
         if let Some(hpa) = hpa {
-            hpas.patch(&name, &pp, &Patch::Apply(hpa)).await?;
+            hpas.patch(&name, &pp, &Patch::Apply(hpa)).await.map_err(failed("HorizontalPodAutoscaler", &name))?;
         }
         if wanted.monitors {
-            sms.patch(&name, &pp, &Patch::Apply(sm)).await?;
+            sms.patch(&name, &pp, &Patch::Apply(sm)).await.map_err(failed("ServiceMonitor", &name))?;
         }
         models.push((model.model_id().to_string(), live));
     }
     let router_name = desired.router_deployment.name_any();
     let (sa, role, binding) = &desired.router_rbac;
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(sa)).await?;
-    Api::<Role>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(role)).await?;
-    Api::<RoleBinding>::namespaced(client.clone(), &ns).patch(&router_name, &pp, &Patch::Apply(binding)).await?;
-    let router = deployments.patch(&router_name, &pp, &Patch::Apply(&desired.router_deployment)).await?;
-    services.patch(&router_name, &pp, &Patch::Apply(&desired.router_service)).await?;
+    let name = &router_name;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .patch(name, &pp, &Patch::Apply(sa))
+        .await
+        .map_err(failed("ServiceAccount", name))?;
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .patch(name, &pp, &Patch::Apply(role))
+        .await
+        .map_err(failed("Role", name))?;
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .patch(name, &pp, &Patch::Apply(binding))
+        .await
+        .map_err(failed("RoleBinding", name))?;
+    let router = deployments
+        .patch(name, &pp, &Patch::Apply(&desired.router_deployment))
+        .await
+        .map_err(failed("Deployment", name))?;
+    services.patch(name, &pp, &Patch::Apply(&desired.router_service)).await.map_err(failed("Service", name))?;
     if wanted.monitors {
-        sms.patch(&router_name, &pp, &Patch::Apply(&desired.router_monitor)).await?;
+        sms.patch(name, &pp, &Patch::Apply(&desired.router_monitor)).await.map_err(failed("ServiceMonitor", name))?;
     }
     if wanted.rules {
         let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());
-        rules.patch(&desired.rules.name_any(), &pp, &Patch::Apply(&desired.rules)).await?;
+        let rule_name = desired.rules.name_any();
+        rules
+            .patch(&rule_name, &pp, &Patch::Apply(&desired.rules))
+            .await
+            .map_err(failed("PrometheusRule", &rule_name))?;
     }
     Ok(Applied { models, router })
+}
+
+/// Turns a failed write of `kind` `name` into the error that names it.
+fn failed(kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error + use<> {
+    let name = name.to_string();
+    move |source| Error::Apply { kind, name, source }
 }
 
 /// Deletes children no longer desired: those of removed models, HPAs of models that switched to

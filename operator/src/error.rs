@@ -4,8 +4,18 @@
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     /// A call to the Kubernetes API failed.
-    #[error("kubernetes API call failed: {0}")]
+    #[error("kubernetes API call failed: {}", crate::text::api_message(.0))]
     Kube(#[from] kube::Error),
+    /// Applying one child object failed: which object, and the API server's own words.
+    #[error("applying {kind} {name} failed: {}", crate::text::api_message(.source))]
+    Apply {
+        /// The child's kind.
+        kind: &'static str,
+        /// The child's name.
+        name: String,
+        /// What the API answered.
+        source: kube::Error,
+    },
     /// An object could not be (de)serialised.
     #[error("serialisation failed: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -33,11 +43,13 @@ impl Error {
     /// Stable short label for logs, metrics and Events.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
-            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "rejected",
-            Error::Kube(kube::Error::Api(_)) => "api_error",
-            Error::Kube(_) => "api_unreachable",
+            Error::Kube(e) | Error::Apply { source: e, .. } => match e {
+                kube::Error::Api(s) if s.code == 409 => "conflict",
+                kube::Error::Api(s) if s.code == 403 => "forbidden",
+                kube::Error::Api(s) if s.code == 422 => "rejected",
+                kube::Error::Api(_) => "api_error",
+                _ => "api_unreachable",
+            },
             Error::Serialization(_) => "serialization",
             Error::UsageReport(_) => "usage_report",
             Error::Leadership(_) => "leadership",

@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod run;
 pub mod status;
+pub mod text;
 pub mod usage;
 pub mod validate;
 

@@ -413,3 +413,46 @@ async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
     assert!(kept.is_some(), "logEngineMetrics: true keeps engine metrics with observability off");
     assert!(rules.get_opt("shop-slo").await.unwrap().is_none(), "still no alerts");
 }
+
+/// A spec the schema lets through but the API server refuses in a child (an environment variable
+/// named in non-ASCII, long enough that the API's message passes the Event note's 1 kB limit in
+/// the middle of a character) never stops the operator: that app reports one readable line naming
+/// the object, and an app beside it reconciles as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_the_api_refuses_is_one_readable_line_and_stops_no_other_app() {
+    let ns = "refused-child";
+    let (client, ctrl) = setup(ns).await;
+    let mut bad = fixture("ray-example.yaml", "bad-env");
+    bad["spec"]["models"][0]["env"] = json!([{"name": format!("x{}", "é".repeat(600)), "value": "1"}]);
+    apply_app(&client, ns, &bad).await.expect("the schema accepts any env name");
+    apply_app(&client, ns, &fixture("ray-example.yaml", "good")).await.unwrap();
+
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_get(&deps, "good-qwen-0-5b").await;
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let (_, reason, message) = eventually(WAIT, || async {
+        condition(&apps.get("bad-env").await.ok()?, "Degraded").filter(|c| c.0 == "True")
+    })
+    .await
+    .expect("the refused app is Degraded");
+    assert_eq!(reason, "ApplyFailed");
+    assert!(message.starts_with("applying Deployment bad-env-qwen-0-5b failed: "), "{message}");
+    assert!(!message.contains('\n') && message.len() <= 1024, "one bounded line: {message}");
+    assert!(!message.contains("Status {"), "no debug dump: {message}");
+    let notes = eventually(WAIT, || async {
+        let list = Api::<Event>::namespaced(client.clone(), ns).list(&ListParams::default()).await.ok()?;
+        let notes: Vec<String> = list
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some("bad-env") && e.reason.as_deref() == Some("ApplyFailed")
+            })
+            .filter_map(|e| e.message)
+            .collect();
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await
+    .expect("an ApplyFailed Event");
+    assert!(notes.iter().all(|n| n.len() <= 1000 && !n.contains('\n')), "{notes:?}");
+    assert!(!ctrl.handle_finished(), "the controller is still running");
+}

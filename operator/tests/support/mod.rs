@@ -29,6 +29,13 @@ pub struct RunningController {
     pub metrics: Metrics,
 }
 
+impl RunningController {
+    /// Whether the controller's task has ended (it never should: a panic in a reconcile ends it).
+    pub fn handle_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
 impl Drop for RunningController {
     fn drop(&mut self) {
         self.handle.abort();
