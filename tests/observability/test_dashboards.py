@@ -122,8 +122,11 @@ def fleet():
                 "2",
                 "--max-waiting-requests",
                 "1",
+                # 16 blocks of 16 tokens: one full sequence of --max-model-len 256 fits, two do not.
                 "--kv-cache-bytes",
                 str(16 * 20480),
+                "--max-model-len",
+                "256",
                 served_model_name="alpha",
             )
         )

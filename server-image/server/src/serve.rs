@@ -127,6 +127,16 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         (None, None) => DEFAULT_CPU_KV_CACHE_BYTES,
     };
     let num_blocks = (kv_bytes / per_block.max(1)).max(1);
+    let kv_tokens = num_blocks * args.block_size;
+    if kv_tokens < state.max_model_len {
+        anyhow::bail!(
+            "the KV cache holds {kv_tokens} tokens ({num_blocks} blocks of {} tokens in {kv_bytes} bytes), fewer than \
+             one sequence of --max-model-len {}: raise --kv-cache-bytes (on CUDA: --gpu-memory-utilization) or lower \
+             --max-model-len",
+            args.block_size,
+            state.max_model_len
+        );
+    }
     let mut cache = model.new_cache(num_blocks, args.block_size)?;
     cache.blocks.set_prefix_caching(args.enable_prefix_caching);
     let metrics = if args.disable_engine_metrics {
@@ -151,7 +161,9 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let engine_cfg = EngineConfig {
         scheduler: SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
-            max_num_batched_tokens: args.max_num_batched_tokens.max(args.max_model_len.unwrap_or(0)),
+            // Never raised to the context length: long prompts are prefilled in chunks of this
+            // budget, which bounds the memory one step needs whatever the prompt's length.
+            max_num_batched_tokens: args.max_num_batched_tokens,
         },
         max_model_len: state.max_model_len,
         max_waiting: args.max_waiting_requests,
@@ -176,6 +188,16 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
 
 /// Builds the state for `args` (reads config.json for the context length).
 pub fn state(args: &Args) -> anyhow::Result<AppState> {
+    for (flag, value) in [
+        ("--max-num-seqs", args.max_num_seqs),
+        ("--max-num-batched-tokens", args.max_num_batched_tokens),
+        ("--block-size", args.block_size),
+        ("--max-waiting-requests", args.max_waiting_requests),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{flag} must be at least 1");
+        }
+    }
     if args.tensor_parallel_size != 1 {
         anyhow::bail!("--tensor-parallel-size {} is not supported yet; only 1", args.tensor_parallel_size);
     }

@@ -585,3 +585,26 @@ async fn accented_text_with_stop_strings_at_a_high_temperature_keeps_the_engine_
             .starts_with(&format!("Once upon a time{}", v["choices"][0]["text"].as_str().unwrap()))
     );
 }
+
+#[test]
+fn a_kv_cache_too_small_for_one_full_sequence_is_a_clear_error_at_start() {
+    let a = args(&["--kv-cache-bytes", "4096", "--max-model-len", "256"]);
+    let state = serve::state(&a).unwrap();
+    let err = serve::load(&a, &state).err().expect("refused at start").to_string();
+    assert!(err.contains("--kv-cache-bytes") && err.contains("--max-model-len 256"), "{err}");
+    let err = serve::state(&args(&["--max-num-batched-tokens", "0"])).err().expect("refused").to_string();
+    assert!(err.contains("--max-num-batched-tokens"), "{err}");
+}
+
+/// A prompt longer than the step's token budget is prefilled in chunks and gives the same text.
+#[tokio::test]
+async fn long_prompts_are_chunked_under_the_token_budget() {
+    let (_, whole) = loaded(&[]);
+    let (_, chunked) = loaded(&["--max-num-batched-tokens", "8"]);
+    let body = json!({"model": "stories260k", "prompt": "Once upon a time, there was a little girl named Lily.",
+                      "max_tokens": 20, "temperature": 0});
+    let (s, a) = json_call(&whole, "POST", "/v1/completions", Some(body.clone())).await;
+    let (t, b) = json_call(&chunked, "POST", "/v1/completions", Some(body)).await;
+    assert_eq!((s, t), (StatusCode::OK, StatusCode::OK), "{b}");
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+}
