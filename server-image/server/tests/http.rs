@@ -590,9 +590,10 @@ async fn accented_text_with_stop_strings_at_a_high_temperature_keeps_the_engine_
 fn a_kv_cache_too_small_for_one_full_sequence_is_a_clear_error_at_start() {
     let a = args(&["--kv-cache-bytes", "4096", "--max-model-len", "256"]);
     let state = serve::state(&a).unwrap();
-    let err = serve::load(&a, &state).err().expect("refused at start").to_string();
+    let err = serve::load(&a, &state).expect_err("refused at start").to_string();
     assert!(err.contains("--kv-cache-bytes") && err.contains("--max-model-len 256"), "{err}");
-    let err = serve::state(&args(&["--max-num-batched-tokens", "0"])).err().expect("refused").to_string();
+    let Err(err) = serve::state(&args(&["--max-num-batched-tokens", "0"])) else { panic!("a zero budget is refused") };
+    let err = err.to_string();
     assert!(err.contains("--max-num-batched-tokens"), "{err}");
 }
 
