@@ -165,6 +165,9 @@ fn one() -> i32 {
 /// One served model, like Ray Serve LLM's `LLMConfig`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.loraConfig)")
+    .message("loraConfig is not supported yet: llmserve-server cannot serve LoRA adapters")
+    .field_path(".loraConfig"))]
 pub struct ModelConfig {
     /// Which model, and where its weights come from.
     pub model_loading_config: ModelLoadingConfig,
@@ -329,9 +332,11 @@ pub struct EngineKwargs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub max_num_batched_tokens: Option<i32>,
-    /// GPUs per replica the model is sharded over.
+    /// GPUs per replica the model is sharded over; only 1 until the engine shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 8))]
+    #[x_kube(validation = Rule::new("self == 1")
+        .message("tensorParallelSize > 1 is not supported yet: llmserve-server runs a model on one GPU per replica"))]
     pub tensor_parallel_size: Option<i32>,
     /// Fraction of GPU memory the engine may take (weights + KV cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]

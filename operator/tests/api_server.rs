@@ -242,6 +242,13 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
         ("bad accelerator", Box::new(|m| m["acceleratorType"] = json!("TPU-v5")), "acceleratorType"),
         ("zero maxNumSeqs", Box::new(|m| m["engineKwargs"] = json!({"maxNumSeqs": 0})), "engineKwargs.maxNumSeqs"),
         ("bad modelSource", Box::new(|m| m["modelLoadingConfig"]["modelSource"] = json!("s3 bucket")), "modelSource"),
+        // What the serving image cannot do yet is refused, saying so.
+        ("LoRA", Box::new(|m| m["loraConfig"] = json!({"maxNumAdaptersPerReplica": 2})), "loraConfig is not supported"),
+        (
+            "tensor parallel",
+            Box::new(|m| m["engineKwargs"] = json!({"tensorParallelSize": 2})),
+            "tensorParallelSize > 1 is not supported",
+        ),
     ];
     for (what, edit, field) in cases {
         let mut app = fixture("ray-example.yaml", "bad");

@@ -141,12 +141,10 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
         ("--max-model-len", "8192"),
         ("--max-num-seqs", "128"),
         ("--max-num-batched-tokens", "4096"),
-        ("--tensor-parallel-size", "2"),
+        ("--tensor-parallel-size", "1"),
         ("--gpu-memory-utilization", "0.85"),
         ("--dtype", "bfloat16"),
         ("--block-size", "16"),
-        ("--max-loras", "4"),
-        ("--lora-modules", "sql=/adapters/sql"),
     ] {
         assert_eq!(flag(&args, f).as_deref(), Some(v), "{f}");
     }
@@ -156,7 +154,7 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("registry.example/llmserve-server:1.2.3"));
     let res = c.resources.as_ref().unwrap();
-    assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2", "GPUs follow tensorParallelSize");
+    assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1", "GPUs follow tensorParallelSize");
     assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "48Gi", "user resources override");
     let env: BTreeMap<_, _> =
         c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
@@ -166,7 +164,7 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
         vols.iter().find(|v| v.name == "model").unwrap().persistent_volume_claim.as_ref().unwrap().claim_name,
         "weights"
     );
-    assert!(vols.iter().any(|v| v.name == "dshm"));
+    assert!(!vols.iter().any(|v| v.name == "dshm"), "shared memory only between tensor-parallel ranks");
     assert_eq!(pod.node_selector.as_ref().unwrap()["nvidia.com/gpu.product"], "NVIDIA-H100-80GB-HBM3");
     let h = build::hpa(&app, big).unwrap().spec.unwrap();
     assert_eq!(h.metrics.unwrap()[0].pods.as_ref().unwrap().target.average_value.as_ref().unwrap().0, "1500m");
@@ -318,9 +316,9 @@ fn usage_report_aggregates_ray_facts() {
     let llama = &r.models[1];
     assert_eq!(
         (llama.architecture.as_str(), llama.tensor_parallel_size, llama.num_gpus, llama.initial_replicas),
-        ("LlamaForCausalLM", 2, 2, 3)
+        ("LlamaForCausalLM", 1, 1, 3)
     );
-    assert_eq!((llama.lora, llama.lora_initial_adapters), (true, 1));
+    assert_eq!((llama.lora, llama.lora_initial_adapters), (false, 0));
     let stories = &r.models[2];
     assert_eq!(
         (stories.gpu_type.as_str(), stories.num_gpus, stories.autoscaling, stories.min_replicas),
@@ -416,4 +414,34 @@ fn generated_alerts_fire_when_slos_break_and_stay_quiet_otherwise() {
     )
     .unwrap();
     promtool(&["check", "rules", "full.yaml"], dir.path());
+}
+
+// === the binaries accept what the operator writes ===
+
+/// The container's command and arguments, as the binary's `argv`.
+fn argv(d: &Deployment) -> Vec<String> {
+    let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect()
+}
+
+/// Every argument list the operator generates is parsed by the serving and routing binaries' own
+/// parsers, so a flag one side renames or drops fails here, not in a crash-looping pod.
+#[test]
+fn generated_argument_lists_parse_with_the_binaries_own_parsers() {
+    use clap::Parser;
+    for file in ["ray-example.yaml", "full.yaml", "slo.yaml"] {
+        let app = fixture(file);
+        for model in &app.spec.models {
+            let argv = argv(&build::deployment(&app, model));
+            assert_eq!(argv[0], "llmserve-server");
+            if let Err(e) = llmserve_server::args::Args::try_parse_from(&argv) {
+                panic!("{file}: llmserve-server refuses {argv:?}: {e}");
+            }
+        }
+        let argv = argv(&build::router_deployment(&app));
+        assert_eq!(argv[0], "llmserve-router");
+        if let Err(e) = llmserve_router::args::Args::try_parse_from(&argv) {
+            panic!("{file}: llmserve-router refuses {argv:?}: {e}");
+        }
+    }
 }

@@ -17,15 +17,15 @@ spec:
   models:
     - modelLoadingConfig: {modelId: stories, modelSource: /models/stories260k}
 """
-# Schema-valid, refused by the operator (tensor parallelism on CPU): an `invalid` reconcile.
-INVALID = """
+# Schema-valid, refused by the operator (its objects' names would pass 63 characters): an
+# `invalid` reconcile.
+INVALID = f"""
 apiVersion: llmserve.dev/v1alpha1
 kind: LlmApplication
-metadata: {name: bad-tp, namespace: default}
+metadata: {{name: bad-name, namespace: default}}
 spec:
   models:
-    - modelLoadingConfig: {modelId: m, modelSource: /models/m}
-      engineKwargs: {tensorParallelSize: 2}
+    - modelLoadingConfig: {{modelId: {"m" * 60}, modelSource: /models/m}}
 """
 
 

@@ -172,19 +172,7 @@ pub fn server_args(model: &ModelConfig, model_arg: &str, engine_metrics: bool) -
             flag("block-size", v.to_string());
         }
     }
-    if let Some(lora) = &model.lora_config {
-        a.push("--enable-lora".into());
-        a.push("--max-loras".into());
-        a.push(lora.max_num_adapters_per_replica.to_string());
-        if let Some(path) = &lora.dynamic_lora_loading_path {
-            a.push("--lora-dynamic-path".into());
-            a.push(path.clone());
-        }
-        for adapter in &lora.initial_adapters {
-            a.push("--lora-modules".into());
-            a.push(adapter.clone());
-        }
-    }
+    // `loraConfig` passes no flag: the API refuses it until the server serves adapters.
     if model.engine_kwargs.as_ref().and_then(|k| k.enable_prefix_caching) == Some(true) {
         a.push("--enable-prefix-caching".into());
     }
