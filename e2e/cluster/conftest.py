@@ -97,6 +97,9 @@ def pytest_terminal_summary(terminalreporter, config):
             f"logEngineMetrics false: pods {off['pods']} export {len(off['service_series'])} "
             "service-level metric names and no vllm:*"
         )
+    for key, what in (("scale_down_streams", "scaling 2 -> 1"), ("rollout_streams", "the rollout")):
+        if key in s:
+            write(f"streams during {what}: {s[key][0]} complete, {s[key][1]} lost")
     if "deleted" in s:
         write(f"delete: {s['deleted']} owned objects removed")
     if s.get("left"):

@@ -53,8 +53,9 @@ def log(msg):
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def stream(url, body, timeout=120):
-    """Text of an SSE completion stream, and how many events it had."""
+def stream(url, body, timeout=120, finish=None):
+    """Text of an SSE completion stream, and how many events it had; the choice's last
+    `finish_reason` is appended to the list `finish` when one is given."""
     req = urllib.request.Request(
         url, json.dumps({**body, "stream": True}).encode(), {"content-type": "application/json"}
     )
@@ -67,14 +68,18 @@ def stream(url, body, timeout=120):
             events += 1
             for c in json.loads(line[6:]).get("choices", []):
                 text.append(c.get("text") or (c.get("delta") or {}).get("content") or "")
+                if finish is not None and c.get("finish_reason"):
+                    finish.append(c["finish_reason"])
     return "".join(text), events
 
 
 class Load:
-    """Closed-loop streaming clients through the router, each one request after another."""
+    """Closed-loop streaming clients through the router, each one request after another; `failures`
+    keeps what went wrong (the first 20)."""
 
-    def __init__(self, url, clients):
+    def __init__(self, url, clients, max_tokens=400, pause=0.5):
         self.url, self.stop_flag, self.ok, self.errors = url, threading.Event(), 0, 0
+        self.max_tokens, self.pause, self.failures = max_tokens, pause, []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(clients)]
 
@@ -84,17 +89,23 @@ class Load:
                 body = {
                     "model": MODEL,
                     "prompt": f"Once upon a time {i}",
-                    "max_tokens": 400,
+                    "max_tokens": self.max_tokens,
                     "temperature": 0.8,
                     "seed": i,
+                    "ignore_eos": True,
                 }
-                stream(self.url, body)
+                finish = []
+                stream(self.url, body, finish=finish)
+                if finish != ["length"]:  # with ignore_eos, only a complete stream ends by length
+                    raise RuntimeError(f"the stream ended with finish_reason {finish}, not length")
                 with self.lock:
                     self.ok += 1
-            except Exception:  # counted, the HPA check is what decides
+            except Exception as e:  # counted; each test decides what it tolerates
                 with self.lock:
                     self.errors += 1
-                time.sleep(0.5)
+                    if len(self.failures) < 20:
+                        self.failures.append(f"{time.strftime('%H:%M:%S')} {type(e).__name__}: {e}")
+                time.sleep(self.pause)
 
     def __enter__(self):
         for t in self.threads:
@@ -257,8 +268,15 @@ def test_autoscale(app):
             time.sleep(2)
         served_under_load = load.ok
     t_stop = time.time()
-    eventually("the HPA to scale back to 1 after the load", lambda: (lambda r: r[1] == 1 and r[4] == 1)(sample()), 300)
-    log(f"scaled down {round(time.time() - t_stop, 1)} s after the load ended")
+    # One client streams without pause while a replica goes away: nothing it sends may be lost.
+    with Load(app.base + "/v1/completions", clients=1, max_tokens=32, pause=0) as steady:
+        eventually(
+            "the HPA to scale back to 1 after the load", lambda: (lambda r: r[1] == 1 and r[4] == 1)(sample()), 300
+        )
+        time.sleep(5)  # past the drained replica's exit
+    log(f"scaled down {round(time.time() - t_stop, 1)} s after the load ended; {steady.ok} streams during it")
+    summary["scale_down_streams"] = (steady.ok, steady.errors)
+    assert steady.ok > 0 and steady.errors == 0, f"requests lost while scaling 2 -> 1: {steady.failures}"
     summary["requests"] = summary.get("requests", 0) + served_under_load
     # Once the adapter has the metric, every sync finds it (a relist interval below the scrape
     # interval loses it every other sync).
@@ -318,6 +336,7 @@ def test_engine_metrics_off(app):
         f"engine series from {before} before the change"
     )
     patch = '[{"op": "replace", "path": "/spec/models/0/logEngineMetrics", "value": false}]'
+    steady = Load(app.base + "/v1/completions", clients=1, max_tokens=32, pause=0).__enter__()
     c.kubectl("patch", "llmapp", APP, "-n", NS, "--type", "json", "-p", patch)
 
     def rolled():
@@ -331,7 +350,16 @@ def test_engine_metrics_off(app):
         )
         return new if done else None
 
-    new = [p["metadata"]["name"] for p in eventually("the replicas to roll to logEngineMetrics: false", rolled, 180)]
+    try:
+        new = [
+            p["metadata"]["name"] for p in eventually("the replicas to roll to logEngineMetrics: false", rolled, 180)
+        ]
+        time.sleep(5)  # past the old replica's exit
+    finally:
+        steady.__exit__(None, None, None)
+    summary["rollout_streams"] = (steady.ok, steady.errors)
+    # One client streamed without pause through the rollout: nothing it sent may be lost.
+    assert steady.ok > 0 and steady.errors == 0, f"requests lost during the rollout: {steady.failures}"
     for _ in range(5):
         post_json(app.base + "/v1/completions", PROMPT)
     sel = f'namespace="{NS}",pod=~"{"|".join(new)}"'
