@@ -10,12 +10,12 @@
 # It also runs on CPU with the CPU build, to check the script itself:
 #   DEVICE=cpu PRESET=tiny-qwen2 LLMSERVE_BIN_DIR=$CARGO_TARGET_DIR/release bash e2e/gpu-check.sh
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOG_TAG=gpu-check
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/harness/lib.sh"
 BIN="${LLMSERVE_BIN_DIR:-$ROOT/.device/bin}"
 DEVICE="${DEVICE:-cuda}"
 PRESET="${PRESET:-qwen2.5-0.5b}"
-STORIES="${STORIES:-$ROOT/.device/stories260k}"
-[[ -d "$STORIES" ]] || STORIES="$ROOT/../shared/models/stories260k"
+STORIES="${STORIES:-$LLMSERVE_TEST_MODEL}"
 WORK="$(mktemp -d)"
 PORT=18555
 SERVER=""
@@ -35,12 +35,8 @@ serve() { # model dir, extra flags...
   [[ -n "$SERVER" ]] && { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
   "$BIN/llmserve-server" --model "$model" --served-model-name m --port "$PORT" --device "$DEVICE" --log-format text "$@" 2> "$WORK/server.log" &
   SERVER=$!
-  for _ in $(seq 1 600); do
-    curl -fs "localhost:$PORT/health" >/dev/null 2>&1 && return 0
-    kill -0 "$SERVER" 2>/dev/null || { tail -20 "$WORK/server.log"; exit 1; }
-    sleep 0.2
-  done
-  echo "server did not become healthy"; tail -20 "$WORK/server.log"; exit 1
+  wait_until --every 0.2 --alive "$SERVER" --log "$WORK/server.log" 120 "the server to become healthy" \
+    curl -fs "localhost:$PORT/health"
 }
 
 echo "== 1. greedy stories260k on $DEVICE vs llama2.c references"

@@ -11,16 +11,15 @@
 # localhost with OpenAI routes and /metrics, in the foreground. LLMSERVE_MODEL, LLMSERVE_PORT and
 # every other server flag's variable override the defaults there.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export LLMSERVE_CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LLMSERVE_CACHE/target}"
+LOG_TAG=local
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/harness/lib.sh"
 
 if [[ "${1:-}" != --process && $EUID -eq 0 ]]; then
   bash "$ROOT/e2e/cluster/cluster.sh" up
-  # shellcheck disable=SC1091
-  source "${LLMSERVE_CLUSTER_DIR:-/tmp/llmserve-cluster}/env"
+  # shellcheck source=/dev/null  # written by `cluster.sh up` just now: nothing to follow here
+  source "$LLMSERVE_CLUSTER_DIR/env"
   "$K" apply -f "$ROOT/e2e/cluster/example-app.yaml"
-  echo "[local] waiting for the LlmApplication to be Ready" >&2
+  log "waiting for the LlmApplication to be Ready"
   "$K" wait --for=condition=Ready llmapp/demo --timeout=300s >/dev/null
   "$K" get llmapp demo
   router="http://$("$K" get service demo-router -o jsonpath='{.spec.clusterIP}'):8000"
@@ -39,9 +38,9 @@ MSG
   exit 0
 fi
 [[ "${1:-}" == --process ]] && shift
-command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"
 (cd "$ROOT" && cargo build --release --locked -p llmserve-server --bin llmserve-server)
-export LLMSERVE_MODEL="${LLMSERVE_MODEL:-$ROOT/../shared/models/stories260k}"
+export LLMSERVE_MODEL="${LLMSERVE_MODEL:-$LLMSERVE_TEST_MODEL}"
 export LLMSERVE_PORT="${LLMSERVE_PORT:-8000}"
 export LLMSERVE_LOG_FORMAT="${LLMSERVE_LOG_FORMAT:-text}"
 cat <<MSG

