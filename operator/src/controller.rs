@@ -5,7 +5,7 @@
 //! with exponential backoff.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -70,7 +70,7 @@ impl Context {
     /// Which `monitoring.coreos.com/v1` kinds exist, rechecked every 30 seconds so CRDs installed
     /// later are picked up.
     async fn monitoring(&self) -> Monitoring {
-        if let Some((at, known)) = *self.monitoring.lock().unwrap()
+        if let Some((at, known)) = *self.monitoring.lock().unwrap_or_else(PoisonError::into_inner)
             && at.elapsed() < Duration::from_secs(30)
         {
             return known;
@@ -85,7 +85,7 @@ impl Context {
                 Monitoring::default()
             }
         };
-        *self.monitoring.lock().unwrap() = Some((Instant::now(), known));
+        *self.monitoring.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), known));
         known
     }
 
@@ -173,7 +173,7 @@ pub async fn reconcile(app: Arc<LlmApplication>, ctx: Arc<Context>) -> Result<Ac
     match &result {
         Ok(Outcome::Applied) => {
             ctx.metrics.reconciles.with_label_values(&["success"]).inc();
-            ctx.failures.lock().unwrap().remove(&ObjectRef::from_obj(app.as_ref()));
+            ctx.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&ObjectRef::from_obj(app.as_ref()));
         }
         Ok(Outcome::Invalid) => ctx.metrics.reconciles.with_label_values(&["invalid"]).inc(),
         Err(e) => {
@@ -483,7 +483,7 @@ async fn update_status(
 
 /// Requeue after an error, backing off exponentially per object: 1 s, 2 s, 4 s ... 5 min.
 pub fn error_policy(app: Arc<LlmApplication>, err: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().unwrap();
+    let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
     let n = failures.entry(ObjectRef::from_obj(app.as_ref())).or_insert(0);
     *n = n.saturating_add(1);
     let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));

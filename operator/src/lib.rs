@@ -1,6 +1,7 @@
 //! llmserve's Kubernetes operator: reconciles `LlmApplication`s into model Deployments, Services,
 //! HPAs, ServiceMonitors and an OpenAI router, and reports what it sees in status and Events.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 pub mod accelerator;
 pub mod build;
@@ -19,6 +20,7 @@ pub mod validate;
 pub const MANAGER: &str = "llmserve-operator";
 
 /// The CRD as YAML, exactly as `charts/llmserve/crds/llmapplications.yaml` holds it.
+#[allow(clippy::expect_used)] // cannot fail: the CRD is plain structs and string-keyed maps, which YAML always holds
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let crd = crd::LlmApplication::crd();

@@ -1,5 +1,6 @@
 //! `llmserve-operator`: parses flags and runs the operator.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use clap::Parser;
 

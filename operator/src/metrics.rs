@@ -1,8 +1,6 @@
 //! The operator's own Prometheus metrics. Names carry their unit; labels are bounded.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Reconciles by result (`success`, `invalid`, `error`).
 pub const RECONCILES_TOTAL: &str = "llmserve_operator_reconciles_total";
@@ -50,22 +48,24 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Creates and registers every metric.
+    #[allow(clippy::expect_used)] // cannot fail: constant, valid, distinct names into a registry of its own
     pub fn new() -> Self {
+        Self::try_new().expect("constant metric names are valid and unique")
+    }
+
+    /// Creates and registers every metric, or says why a metric was refused.
+    pub fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let reconciles =
-            IntCounterVec::new(Opts::new(RECONCILES_TOTAL, "Reconciles of LlmApplications by result."), &["result"])
-                .unwrap();
-        let errors =
-            IntCounterVec::new(Opts::new(RECONCILE_ERRORS_TOTAL, "Reconcile errors by reason."), &["reason"]).unwrap();
+            IntCounterVec::new(Opts::new(RECONCILES_TOTAL, "Reconciles of LlmApplications by result."), &["result"])?;
+        let errors = IntCounterVec::new(Opts::new(RECONCILE_ERRORS_TOTAL, "Reconcile errors by reason."), &["reason"])?;
         let duration = Histogram::with_opts(
             HistogramOpts::new(RECONCILE_DURATION_SECONDS, "Time one reconcile of an LlmApplication took.")
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-        )
-        .unwrap();
-        let leader = IntGauge::new(LEADER, "1 while this operator replica holds the leader lease.").unwrap();
+        )?;
+        let leader = IntGauge::new(LEADER, "1 while this operator replica holds the leader lease.")?;
         let usage_stats_enabled =
-            IntGauge::new(USAGE_STATS_ENABLED, "1 when usage data is collected (see README), 0 when turned off.")
-                .unwrap();
+            IntGauge::new(USAGE_STATS_ENABLED, "1 when usage data is collected (see README), 0 when turned off.")?;
         // Zero-valued series for every result and error reason, so rates exist from the start.
         for result in ["success", "invalid", "error"] {
             reconciles.with_label_values(&[result]).reset();
@@ -76,13 +76,11 @@ impl Metrics {
         let usage_info = IntGaugeVec::new(
             Opts::new(USAGE_INFO, "Models served, by the usage facts llmserve collects (see README)."),
             &USAGE_LABELS,
-        )
-        .unwrap();
+        )?;
         let usage_applications = IntGaugeVec::new(
             Opts::new(USAGE_APPLICATIONS, "LlmApplications and models seen by the last usage collection."),
             &["kind"],
-        )
-        .unwrap();
+        )?;
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -92,15 +90,25 @@ impl Metrics {
             Box::new(usage_info.clone()),
             Box::new(usage_applications.clone()),
         ] {
-            registry.register(c).expect("metric names are unique");
+            registry.register(c)?;
         }
-        Metrics { registry, reconciles, errors, duration, leader, usage_stats_enabled, usage_info, usage_applications }
+        Ok(Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            leader,
+            usage_stats_enabled,
+            usage_info,
+            usage_applications,
+        })
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("exposition is UTF-8")
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "encoding the operator's metrics failed");
+            format!("# encoding metrics failed: {e}\n")
+        })
     }
 }

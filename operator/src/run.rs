@@ -123,7 +123,7 @@ pub fn init_tracing(format: &str) {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::try_new()?;
     let ready = Arc::new(AtomicBool::new(false));
 
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
@@ -171,7 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let reporter = Reporter { controller: crate::MANAGER.into(), instance: Some(args.identity.clone()) };
     let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), reporter));
-    let controller = controller::run(ctx, args.watch_namespace.clone(), args.concurrency, shutdown_signal());
+    let controller = controller::run(ctx, args.watch_namespace.clone(), args.concurrency, shutdown_signal()?);
     if args.leader_election {
         tokio::select! {
             _ = controller => {}
@@ -187,14 +187,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed at the call, so a failure to
+/// install it stops the operator at start rather than leaving it deaf to SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }

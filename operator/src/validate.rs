@@ -40,7 +40,7 @@ pub fn validate(app: &LlmApplication) -> Vec<SpecProblem> {
             ),
         });
     }
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     for (i, model) in app.spec.models.iter().enumerate() {
         let id = model.model_id();
         let field = format!("spec.models[{i}].modelLoadingConfig.modelId");
@@ -66,13 +66,13 @@ pub fn validate(app: &LlmApplication) -> Vec<SpecProblem> {
                 message: format!("model id {id:?} would name its objects like the application's router"),
             });
         }
-        if let Some(j) = seen.insert(slug(id), i) {
+        if let Some((j, other)) = seen.insert(slug(id), (i, id)) {
             problems.push(SpecProblem {
                 field: field.clone(),
                 message: format!(
                     "model id {id:?} names the same objects ({child:?}) as spec.models[{j}] ({:?}); ids must differ in \
                         more than case and punctuation",
-                    app.spec.models[j].model_id()
+                    other
                 ),
             });
         }

@@ -155,7 +155,7 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
     assert_eq!(c.image.as_deref(), Some("registry.example/llmserve-server:1.2.3"));
     let res = c.resources.as_ref().unwrap();
     assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1", "GPUs follow tensorParallelSize");
-    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "48Gi", "user resources override");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "24Gi", "user resources override");
     let env: BTreeMap<_, _> =
         c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
     assert_eq!(env["RUST_LOG"], "debug", "user env replaces the default");

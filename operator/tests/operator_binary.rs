@@ -96,10 +96,10 @@ async fn the_binary_reconciles_reports_usage_and_survives_a_missing_service_moni
     .expect("usage report with the H100 model written to the ConfigMap");
     let (report, h100) = report;
     assert!(report["num_models"].as_u64().unwrap() >= 2 && report["serves_multiple_models"] == true);
-    assert_eq!((h100["num_gpus"].as_i64(), h100["tensor_parallel_size"].as_i64()), (Some(2), Some(2)));
+    assert_eq!((h100["num_gpus"].as_i64(), h100["tensor_parallel_size"].as_i64()), (Some(1), Some(1)));
     assert_eq!(
         (h100["architecture"].as_str(), h100["lora_initial_adapters"].as_i64()),
-        (Some("LlamaForCausalLM"), Some(1))
+        (Some("LlamaForCausalLM"), Some(0))
     );
     assert_eq!(
         (h100["min_replicas"].as_i64(), h100["max_replicas"].as_i64(), h100["initial_replicas"].as_i64()),

@@ -7,6 +7,7 @@
 //!
 //! `cargo run --release -p llmserve-operator --bin operator-bench -- --apps 100 --apps 1000`
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -37,10 +38,10 @@ struct Args {
 }
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn app(name: &str, ns: &str) -> LlmApplication {
+fn app(name: &str, ns: &str) -> anyhow::Result<LlmApplication> {
     let app = serde_json::json!({
         "apiVersion": "llmserve.dev/v1alpha1",
         "kind": "LlmApplication",
@@ -51,7 +52,7 @@ fn app(name: &str, ns: &str) -> LlmApplication {
             "deploymentConfig": {"autoscalingConfig": {"minReplicas": 1, "maxReplicas": 2}},
         }]},
     });
-    serde_json::from_value(app).unwrap()
+    Ok(serde_json::from_value(app)?)
 }
 
 fn peak_rss_mib(pid: u32) -> Option<f64> {
@@ -77,20 +78,21 @@ async fn baseline(client: &Client, ns: &str, n: usize, concurrency: usize) -> an
             let (client, apps) = (client.clone(), apps.clone());
             let ns = ns.to_string();
             async move {
-                let created = apps.create(&PostParams::default(), &app(&format!("app-{i}"), &ns)).await?;
+                let created = apps.create(&PostParams::default(), &app(&format!("app-{i}"), &ns)?).await?;
                 let pp = PatchParams::apply("baseline").force();
-                let m = &created.spec.models[0];
+                let m = created.spec.models.first().context("the bench's application has one model")?;
                 let dep = build::deployment(&created, m);
-                let name = dep.metadata.name.clone().unwrap();
+                let name = dep.metadata.name.clone().context("a built Deployment has a name")?;
                 let router = build::router_deployment(&created);
-                let rname = router.metadata.name.clone().unwrap();
+                let rname = router.metadata.name.clone().context("a built Deployment has a name")?;
                 let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
                 let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
                 let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
                     Api::namespaced(client.clone(), &ns);
                 deps.patch(&name, &pp, &Patch::Apply(&dep)).await?;
                 svcs.patch(&name, &pp, &Patch::Apply(&build::service(&created, m))).await?;
-                hpas.patch(&name, &pp, &Patch::Apply(build::hpa(&created, m).unwrap())).await?;
+                hpas.patch(&name, &pp, &Patch::Apply(build::hpa(&created, m).context("autoscaling is on: an HPA")?))
+                    .await?;
                 deps.patch(&rname, &pp, &Patch::Apply(&router)).await?;
                 svcs.patch(&rname, &pp, &Patch::Apply(&build::router_service(&created))).await?;
                 Ok(())
@@ -129,11 +131,11 @@ async fn with_operator(
     let pid = child.id();
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
     let start = Instant::now();
-    let results: Vec<Result<LlmApplication, kube::Error>> = stream::iter(0..n)
+    let results: Vec<anyhow::Result<LlmApplication>> = stream::iter(0..n)
         .map(|i| {
             let apps = apps.clone();
             let a = app(&format!("app-{i}"), ns);
-            async move { apps.create(&PostParams::default(), &a).await }
+            async move { Ok(apps.create(&PostParams::default(), &a?).await?) }
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -180,16 +182,23 @@ async fn with_operator(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let operator =
-        args.operator.clone().unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("llmserve-operator"));
+    let operator = match args.operator.clone() {
+        Some(operator) => operator,
+        None => std::env::current_exe()?.with_file_name("llmserve-operator"),
+    };
     let dir = std::env::temp_dir().join(format!("llmserve-bench-{}", std::process::id()));
     let mut cp = Command::new("bash")
         .arg(repo_root().join("tests/harness/control-plane.sh"))
-        .args(["up", dir.to_str().unwrap(), &std::process::id().to_string()])
+        .arg("up")
+        .arg(&dir)
+        .arg(std::process::id().to_string())
         .stdout(Stdio::piped())
         .spawn()?;
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(cp.stdout.take().unwrap()), &mut line)?;
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(cp.stdout.take().context("control plane stdout")?),
+        &mut line,
+    )?;
     let kubeconfig = PathBuf::from(line.trim().strip_prefix("ready ").context("control plane failed")?);
     let config =
         Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?;

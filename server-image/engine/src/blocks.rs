@@ -21,6 +21,16 @@ struct Registered {
     tokens: Box<[u32]>,
 }
 
+/// The bookkeeping of one block, kept together so one lookup reaches all of it.
+#[derive(Debug, Clone, Default)]
+struct Block {
+    /// Bumped whenever the block leaves or re-enters the free list; a free-list entry is live only
+    /// while its epoch matches.
+    epoch: u32,
+    refs: u32,
+    registered: Option<Registered>,
+}
+
 /// Hands out KV-cache blocks.
 #[derive(Debug)]
 pub struct BlockManager {
@@ -30,10 +40,8 @@ pub struct BlockManager {
     /// block taken back by a prefix hit leaves a stale entry behind).
     free: VecDeque<(u32, u32)>,
     free_count: usize,
-    epoch: Vec<u32>,
-    refs: Vec<u32>,
+    blocks: Vec<Block>,
     prefix_caching: bool,
-    registered: Vec<Option<Registered>>,
     by_hash: HashMap<u64, u32>,
 }
 
@@ -56,10 +64,8 @@ impl BlockManager {
             num_blocks,
             free: (0..num_blocks as u32).map(|b| (b, 0)).collect(),
             free_count: num_blocks,
-            epoch: vec![0; num_blocks],
-            refs: vec![0; num_blocks],
+            blocks: vec![Block::default(); num_blocks],
             prefix_caching: false,
-            registered: vec![None; num_blocks],
             by_hash: HashMap::new(),
         }
     }
@@ -69,7 +75,7 @@ impl BlockManager {
         self.prefix_caching = on;
         if !on {
             self.by_hash.clear();
-            self.registered.iter_mut().for_each(|r| *r = None);
+            self.blocks.iter_mut().for_each(|b| b.registered = None);
         }
     }
 
@@ -105,12 +111,13 @@ impl BlockManager {
 
     fn take_free(&mut self) -> Option<u32> {
         while let Some((b, e)) = self.free.pop_front() {
-            if self.epoch[b as usize] != e || self.refs[b as usize] != 0 {
+            let Some(block) = self.blocks.get_mut(b as usize) else { continue };
+            if block.epoch != e || block.refs != 0 {
                 continue; // stale: taken back by a prefix hit since
             }
             self.free_count -= 1;
-            self.refs[b as usize] = 1;
-            if let Some(r) = self.registered[b as usize].take() {
+            block.refs = 1;
+            if let Some(r) = block.registered.take() {
                 self.by_hash.remove(&r.hash); // evicted: its slots are about to be overwritten
             }
             return Some(b);
@@ -124,8 +131,15 @@ impl BlockManager {
         if needed > self.free_count {
             return Err(Error::CacheFull { needed, free: self.free_count });
         }
+        let before = table.len();
         for _ in 0..needed {
-            table.push(self.take_free().expect("free_count counts live free entries"));
+            let Some(b) = self.take_free() else {
+                // Not reached while `free_count` counts the live free entries; stay all or nothing.
+                let mut taken = table.split_off(before);
+                self.release(&mut taken);
+                return Err(Error::CacheFull { needed, free: self.free_count });
+            };
+            table.push(b);
         }
         Ok(())
     }
@@ -133,11 +147,11 @@ impl BlockManager {
     /// Returns a sequence's blocks; registered ones stay findable until they are reused.
     pub fn release(&mut self, table: &mut Vec<u32>) {
         for b in table.drain(..) {
-            let r = &mut self.refs[b as usize];
-            *r = r.saturating_sub(1);
-            if *r == 0 {
-                self.epoch[b as usize] = self.epoch[b as usize].wrapping_add(1);
-                self.free.push_back((b, self.epoch[b as usize]));
+            let Some(block) = self.blocks.get_mut(b as usize) else { continue }; // not one of ours
+            block.refs = block.refs.saturating_sub(1);
+            if block.refs == 0 {
+                block.epoch = block.epoch.wrapping_add(1);
+                self.free.push_back((b, block.epoch));
                 self.free_count += 1;
             }
         }
@@ -151,18 +165,19 @@ impl BlockManager {
             return out;
         }
         let mut parent = ROOT;
-        for chunk in tokens[..max_tokens.min(tokens.len())].chunks_exact(self.block_size) {
+        for chunk in tokens.get(..max_tokens).unwrap_or(tokens).chunks_exact(self.block_size) {
             let hash = chain(parent, chunk);
             let Some(&b) = self.by_hash.get(&hash) else { break };
-            match &self.registered[b as usize] {
+            let Some(block) = self.blocks.get_mut(b as usize) else { break };
+            match &block.registered {
                 Some(r) if r.parent == parent && *r.tokens == *chunk => {}
                 _ => break,
             }
-            if self.refs[b as usize] == 0 {
+            if block.refs == 0 {
                 self.free_count -= 1; // its free-list entry goes stale
-                self.epoch[b as usize] = self.epoch[b as usize].wrapping_add(1);
+                block.epoch = block.epoch.wrapping_add(1);
             }
-            self.refs[b as usize] += 1;
+            block.refs += 1;
             out.push(b);
             parent = hash;
         }
@@ -180,31 +195,37 @@ impl BlockManager {
         // was not (another block held its prefix), the chain stopped there.
         let mut parent = match first.checked_sub(1) {
             None => ROOT,
-            Some(prev) => match &self.registered[table[prev] as usize] {
-                Some(r) => r.hash,
-                None => return,
-            },
+            Some(prev) => {
+                let block = table.get(prev).and_then(|&b| self.blocks.get(b as usize));
+                match block.and_then(|b| b.registered.as_ref()) {
+                    Some(r) => r.hash,
+                    None => return,
+                }
+            }
         };
-        for i in first..end {
-            let b = table[i] as usize;
-            if let Some(r) = &self.registered[b] {
+        let Some(filled) = table.get(first..end) else { return };
+        // `end` whole blocks of tokens exist: `end * block_size <= tokens.len()`.
+        for (&b, chunk) in filled.iter().zip(tokens.chunks_exact(self.block_size).skip(first)) {
+            let Some(block) = self.blocks.get_mut(b as usize) else { return };
+            if let Some(r) = &block.registered {
                 parent = r.hash;
                 continue;
             }
-            let chunk = &tokens[i * self.block_size..(i + 1) * self.block_size];
             let hash = chain(parent, chunk);
             if self.by_hash.contains_key(&hash) {
                 return; // another block holds this prefix; the chain goes on from that one only
             }
-            self.by_hash.insert(hash, b as u32);
-            self.registered[b] = Some(Registered { hash, parent, tokens: chunk.into() });
+            self.by_hash.insert(hash, b);
+            block.registered = Some(Registered { hash, parent, tokens: chunk.into() });
             parent = hash;
         }
     }
 
-    /// Cache slot of token position `pos` of a sequence with block table `table`.
-    pub fn slot(&self, table: &[u32], pos: usize) -> usize {
-        table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    /// Cache slot of token position `pos` of a sequence with block table `table`; `None` when
+    /// the table is too short to hold it.
+    pub fn slot(&self, table: &[u32], pos: usize) -> Option<usize> {
+        let b = *table.get(pos / self.block_size)?;
+        Some(b as usize * self.block_size + pos % self.block_size)
     }
 }
 
@@ -224,7 +245,8 @@ mod tests {
         let mut b = Vec::new();
         assert!(matches!(bm.grow(&mut b, 48), Err(Error::CacheFull { needed: 3, free: 2 })));
         assert!(b.is_empty(), "a failed grow takes nothing");
-        assert_eq!(bm.slot(&a, 17), a[1] as usize * 16 + 1);
+        assert_eq!(bm.slot(&a, 17), Some(a[1] as usize * 16 + 1));
+        assert_eq!(bm.slot(&a, 32), None, "past the table");
         bm.release(&mut a);
         assert_eq!((bm.free_blocks(), bm.usage()), (4, 0.0));
     }

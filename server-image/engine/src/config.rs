@@ -118,18 +118,18 @@ impl GenerationConfig {
             let Ok(text) = std::fs::read_to_string(dir.join(file)) else { continue };
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Load(format!("{file}: {e}")))?;
             if out.eos_token_ids.is_empty() {
-                match &v["eos_token_id"] {
-                    serde_json::Value::Number(n) => {
+                match v.get("eos_token_id") {
+                    Some(serde_json::Value::Number(n)) => {
                         out.eos_token_ids = n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
                     }
-                    serde_json::Value::Array(a) => {
+                    Some(serde_json::Value::Array(a)) => {
                         out.eos_token_ids = a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect()
                     }
                     _ => {}
                 }
             }
             if out.bos_token_id.is_none() {
-                out.bos_token_id = v["bos_token_id"].as_u64().map(|n| n as u32);
+                out.bos_token_id = v.get("bos_token_id").and_then(serde_json::Value::as_u64).map(|n| n as u32);
             }
         }
         Ok(out)

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc as tmpsc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::EngineMetrics;
 use crate::model::{KvCache, Model, StepSeq};
 use crate::sampling::{Sampler, SamplingParams};
@@ -208,7 +208,7 @@ pub fn spawn(
     tokenizer: Arc<Tokenizer>,
     cfg: EngineConfig,
     metrics: Option<EngineMetrics>,
-) -> EngineHandle {
+) -> Result<EngineHandle> {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared::default());
     let handle = EngineHandle { tx, shared: shared.clone(), max_waiting: cfg.max_waiting };
@@ -227,8 +227,8 @@ pub fn spawn(
             };
             core.run(rx);
         })
-        .expect("spawn engine thread");
-    handle
+        .map_err(|e| Error::Load(format!("cannot start the engine thread: {e}")))?;
+    Ok(handle)
 }
 
 /// When the engine thread ends, whether its loop returned or panicked, the engine is marked stopped
@@ -364,7 +364,7 @@ impl Core {
         }
         let now = Instant::now();
         for s in &plan.scheduled {
-            let seq = self.seqs.get_mut(&s.key).unwrap();
+            let Some(seq) = self.seqs.get_mut(&s.key) else { continue };
             if seq.scheduled_at.is_none() {
                 seq.scheduled_at = Some(now);
                 if let Some(m) = &self.metrics {
@@ -375,12 +375,17 @@ impl Core {
         let steps: Vec<StepSeq<'_>> = plan
             .scheduled
             .iter()
-            .map(|s| StepSeq {
-                tokens: &self.seqs[&s.key].tokens[s.start..s.start + s.len],
-                start: s.start,
-                block_table: &self.sched.state(s.key).unwrap().block_table,
+            .map(|s| {
+                let tokens = self.seqs.get(&s.key).and_then(|seq| seq.tokens.get(s.start..s.start + s.len));
+                let state = self.sched.state(s.key);
+                match (tokens, state) {
+                    (Some(tokens), Some(state)) => {
+                        Ok(StepSeq { tokens, start: s.start, block_table: &state.block_table })
+                    }
+                    _ => Err(Error::Invalid(format!("scheduled sequence {} has no state", s.key))),
+                }
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let logits = self.model.forward(&steps, &self.cache)?.to_vec2::<f32>()?;
         drop(steps);
         let total: usize = plan.scheduled.iter().map(|s| s.len).sum();
@@ -392,11 +397,11 @@ impl Core {
         for (s, mut row) in plan.scheduled.iter().zip(logits) {
             let computed = s.start + s.len;
             self.sched.computed(s.key, computed, &mut self.cache.blocks);
-            let seq = self.seqs.get_mut(&s.key).unwrap();
+            let Some(seq) = self.seqs.get_mut(&s.key) else { continue };
             if computed < seq.tokens.len() {
                 continue; // a prefill chunk; no token yet
             }
-            let next = seq.sampler.sample(&mut row, &seq.tokens[seq.req.prompt.len()..]);
+            let next = seq.sampler.sample(&mut row, seq.tokens.get(seq.req.prompt.len()..).unwrap_or_default());
             seq.tokens.push(next);
             self.sched.append_token(s.key, next);
             if let Some(m) = &self.metrics {

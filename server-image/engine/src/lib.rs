@@ -1,6 +1,7 @@
 //! llmserve's inference engine: Hugging Face Llama and Qwen2 checkpoints on candle (CPU, or CUDA
 //! with the `cuda` feature), a paged KV cache, and sampling.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 pub mod blocks;
 pub mod config;

@@ -178,13 +178,18 @@ impl Model {
             ids.extend_from_slice(s.tokens);
             positions.extend((s.start..end).map(|p| p as u32));
             last.push((ids.len() - 1) as u32);
-            let ctx_slots: Vec<u32> = (0..end).map(|p| cache.blocks.slot(s.block_table, p) as u32).collect();
+            // The table holds at least `end` slots (checked above).
+            let mut ctx_slots: Vec<u32> = Vec::with_capacity(end);
+            let table_slots = s.block_table.iter().flat_map(|&b| b as usize * bs..(b as usize + 1) * bs);
+            ctx_slots.extend(table_slots.take(end).map(|slot| slot as u32));
             // New tokens are written in runs that stay inside one block.
             let mut runs = Vec::new();
             let mut p = s.start;
             while p < end {
                 let run = (bs - p % bs).min(end - p);
-                runs.push((p - s.start, cache.blocks.slot(s.block_table, p), run));
+                let slot =
+                    cache.blocks.slot(s.block_table, p).ok_or_else(|| Error::Invalid("short block table".into()))?;
+                runs.push((p - s.start, slot, run));
                 p += run;
             }
             plans.push((offset, s.tokens.len(), s.start, Tensor::new(ctx_slots, &self.device)?, runs));
@@ -198,7 +203,10 @@ impl Model {
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f64).sqrt();
 
-        for (l, layer) in self.layers.iter().enumerate() {
+        if cache.k.len() != self.layers.len() || cache.v.len() != self.layers.len() {
+            return Err(Error::Invalid("KV cache made for another number of layers".into()));
+        }
+        for ((layer, cache_k), cache_v) in self.layers.iter().zip(&cache.k).zip(&cache.v) {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let q = layer.q.forward(&h)?.reshape((1, n, heads, hd))?;
             let k = layer.k.forward(&h)?.reshape((1, n, kv_heads, hd))?;
@@ -211,15 +219,21 @@ impl Model {
                 let k_new = k.narrow(0, *offset, *len)?;
                 let v_new = v.narrow(0, *offset, *len)?;
                 for &(from, slot, run) in runs {
-                    cache.k[l].slice_set(&k_new.narrow(0, from, run)?.contiguous()?, 0, slot)?;
-                    cache.v[l].slice_set(&v_new.narrow(0, from, run)?.contiguous()?, 0, slot)?;
+                    cache_k.slice_set(&k_new.narrow(0, from, run)?.contiguous()?, 0, slot)?;
+                    cache_v.slice_set(&v_new.narrow(0, from, run)?.contiguous()?, 0, slot)?;
                 }
-                let kc = cache.k[l].index_select(ctx_slots, 0)?.transpose(0, 1)?.contiguous()?; // [kv, ctx, hd]
-                let vc = cache.v[l].index_select(ctx_slots, 0)?.transpose(0, 1)?.contiguous()?;
+                let kc = cache_k.index_select(ctx_slots, 0)?.transpose(0, 1)?.contiguous()?; // [kv, ctx, hd]
+                let vc = cache_v.index_select(ctx_slots, 0)?.transpose(0, 1)?.contiguous()?;
                 let qi = q.narrow(0, *offset, *len)?.transpose(0, 1)?.contiguous()?; // [heads, len, hd]
                 outs.push(attention(&qi, &kc, &vc, *start, scale, kv_heads)?);
             }
-            let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 0)? };
+            let attn = if outs.len() == 1
+                && let Some(one) = outs.pop()
+            {
+                one
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
             x = (x + layer.o.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
             let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
@@ -242,9 +256,10 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, scale: f64, kv_he
     let mut scores = (q.matmul(&k.t()?)? * scale)?; // [kv, rep*len, ctx]
     if len > 1 {
         let mut mask = vec![0f32; len * ctx];
-        for i in 0..len {
-            for j in (start + i + 1)..ctx {
-                mask[i * ctx + j] = f32::NEG_INFINITY;
+        // Row `i` (position `start + i`) sees the context up to itself; `max(1)`: no rows when `ctx` is 0.
+        for (i, row) in mask.chunks_exact_mut(ctx.max(1)).enumerate() {
+            if let Some(future) = row.get_mut(start + i + 1..) {
+                future.fill(f32::NEG_INFINITY);
             }
         }
         let mask = Tensor::from_vec(mask, (1, 1, len, ctx), q.device())?.to_dtype(scores.dtype())?;

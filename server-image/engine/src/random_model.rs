@@ -45,9 +45,9 @@ pub fn write(dir: &Path, preset: Preset, tokenizer: Option<&Path>) -> Result<()>
         "rms_norm_eps": 1e-6, "rope_theta": theta, "tie_word_embeddings": true,
         "torch_dtype": torch_dtype, "bos_token_id": 1, "eos_token_id": 2,
     });
-    let write = |name: &str, v: &serde_json::Value| {
-        std::fs::write(dir.join(name), serde_json::to_vec_pretty(v).unwrap())
-            .map_err(|e| Error::Load(format!("{name}: {e}")))
+    let write = |name: &str, v: &serde_json::Value| -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Load(format!("{name}: {e}")))?;
+        std::fs::write(dir.join(name), bytes).map_err(|e| Error::Load(format!("{name}: {e}")))
     };
     write("config.json", &config)?;
     write("generation_config.json", &json!({"bos_token_id": 1, "eos_token_id": [2]}))?;

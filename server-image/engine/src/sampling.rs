@@ -86,7 +86,8 @@ impl Sampler {
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.truncate(p.top_k);
         }
-        let max = cand[0].1;
+        // Sorted: the first candidate has the largest logit. No logits at all: token 0, as `argmax`.
+        let Some(&(_, max)) = cand.first() else { return 0 };
         let mut total = 0.0f32;
         for c in cand.iter_mut() {
             c.1 = (c.1 - max).exp();
@@ -118,12 +119,9 @@ impl Sampler {
 
 /// Index of the largest logit (the first on ties, as llama2.c does).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
+    let mut it = logits.iter().enumerate();
+    let Some((_, &first)) = it.next() else { return 0 };
+    let (best, _) = it.fold((0, first), |(best, max), (i, &l)| if l > max { (i, l) } else { (best, max) });
     best as u32
 }
 

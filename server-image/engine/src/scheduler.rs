@@ -122,10 +122,15 @@ impl Scheduler {
         let mut budget = self.cfg.max_num_batched_tokens;
 
         // === running sequences: one decode token each, or the next prefill chunk ===
+        // Every key in `running` and `waiting` has its state in `seqs`; one without is skipped.
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let key = self.running[i];
-            let s = &self.seqs[&key];
+        while budget > 0
+            && let Some(&key) = self.running.get(i)
+        {
+            let Some(s) = self.seqs.get(&key) else {
+                i += 1;
+                continue;
+            };
             let len = (s.tokens.len() - s.computed).min(budget);
             if len == 0 {
                 i += 1;
@@ -133,15 +138,19 @@ impl Scheduler {
             }
             let need = s.computed + len;
             loop {
-                let s = self.seqs.get_mut(&key).unwrap();
+                let Some(s) = self.seqs.get_mut(&key) else {
+                    i += 1;
+                    break;
+                };
                 if blocks.grow(&mut s.block_table, need).is_ok() {
                     plan.scheduled.push(Scheduled { key, start: s.computed, len });
                     budget -= len;
                     i += 1;
                     break;
                 }
-                // Out of blocks: preempt the newest running sequence (possibly this one).
-                let victim = *self.running.last().unwrap();
+                // Out of blocks: preempt the newest running sequence (possibly this one, so
+                // `running` is not empty here).
+                let Some(&victim) = self.running.last() else { break };
                 self.preempt(victim, blocks);
                 plan.preempted.push(victim);
                 plan.scheduled.retain(|s| s.key != victim);
@@ -156,7 +165,10 @@ impl Scheduler {
             if budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
                 break;
             }
-            let s = self.seqs.get_mut(&key).unwrap();
+            let Some(s) = self.seqs.get_mut(&key) else {
+                self.waiting.pop_front();
+                continue;
+            };
             if blocks.blocks_for(s.tokens.len()) > blocks.num_blocks() {
                 self.waiting.pop_front();
                 self.seqs.remove(&key);
@@ -206,9 +218,10 @@ impl Scheduler {
 
     fn preempt(&mut self, key: u64, blocks: &mut BlockManager) {
         self.running.retain(|k| *k != key);
-        let s = self.seqs.get_mut(&key).unwrap();
-        blocks.release(&mut s.block_table);
-        s.computed = 0;
+        if let Some(s) = self.seqs.get_mut(&key) {
+            blocks.release(&mut s.block_table);
+            s.computed = 0;
+        }
         self.waiting.push_front(key);
     }
 }

@@ -112,6 +112,7 @@ mod tests {
         assert_eq!(run(&stops, &["a🙂".into(), "🙂".into(), "y".into()]), ("a🙂🙂y".into(), false));
     }
 
+    #[allow(clippy::string_slice)] // test code (clippy.toml has no string-slice option): cuts are char boundaries
     fn pieces_of(text: &str, cuts: &[usize]) -> Vec<String> {
         let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
         let mut at: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();

@@ -1,6 +1,7 @@
 //! One mapping from everything that can go wrong to an HTTP status and OpenAI's error envelope
 //! `{"error": {"message", "type", "param", "code"}}`; the same envelope is sent as an SSE event
 //! when a stream fails. Internals never leak. Shared by the model server and the router.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 pub mod routes;
 pub mod serve;

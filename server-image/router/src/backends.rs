@@ -110,7 +110,9 @@ impl Pool {
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let n = candidates.len();
-        let best = (0..n).map(|i| candidates[(start + i) % n]).min_by_key(|r| r.outstanding())?;
+        // Round robin among equals: the scan starts at a different candidate each time.
+        let (before, after) = candidates.split_at_checked(start % n)?;
+        let best = after.iter().chain(before).copied().min_by_key(|r| r.outstanding())?;
         best.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Lease(best.clone()))
     }

@@ -3,6 +3,7 @@
 //! cluster), balances by least outstanding requests, passes streams through chunk by chunk, and
 //! records service-level metrics that stay on whatever the engines' metrics settings are.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 pub mod api;
 pub mod args;

@@ -1,5 +1,6 @@
 //! `llmserve-router`: parses flags and serves.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use clap::Parser;
 

@@ -34,7 +34,7 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
         }
     };
     let mut req = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v @ Value::Object(_)) => v,
+        Ok(Value::Object(fields)) => fields,
         Ok(_) => {
             return reject(
                 &state.metrics,
@@ -66,7 +66,7 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
     // Streams report their usage only when asked; the router always asks, and strips the answer
     // again when the client did not ask itself.
     let streaming = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let client_wants_usage = req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let client_wants_usage = req.get("stream_options").and_then(|o| o.get("include_usage")?.as_bool()).unwrap_or(false);
     let strip = streaming && !client_wants_usage;
     let body = match req.get_mut("stream_options") {
         _ if !strip => bytes,
@@ -75,7 +75,7 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
             Bytes::from(serde_json::to_vec(&req).unwrap_or_default())
         }
         None => {
-            req["stream_options"] = serde_json::json!({"include_usage": true});
+            req.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
             Bytes::from(serde_json::to_vec(&req).unwrap_or_default())
         }
         Some(_) => bytes, // not an object: the replica answers the error

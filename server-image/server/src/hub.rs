@@ -59,8 +59,9 @@ pub async fn resolve(model: &str, revision: &str) -> anyhow::Result<PathBuf> {
         match fetch(&repo, "model.safetensors.index.json").await {
             Ok(index) => {
                 let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
-                let mut shards: Vec<&str> = v["weight_map"]
-                    .as_object()
+                let mut shards: Vec<&str> = v
+                    .get("weight_map")
+                    .and_then(serde_json::Value::as_object)
                     .map(|m| m.values().filter_map(|f| f.as_str()).collect())
                     .unwrap_or_default();
                 shards.sort_unstable();
@@ -74,7 +75,9 @@ pub async fn resolve(model: &str, revision: &str) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    let dir = config.and_then(|c| c.parent().map(Path::to_path_buf)).expect("config.json was fetched");
+    let dir = config
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+        .ok_or_else(|| anyhow::anyhow!("config.json of {model} is not in a directory"))?;
     tracing::info!(model, dir = %dir.display(), seconds = started.elapsed().as_secs_f64(), "model files ready");
     Ok(dir)
 }

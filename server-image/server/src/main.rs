@@ -1,5 +1,6 @@
 //! `llmserve-server`: parses flags, settles the CPU threading, and serves.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;

@@ -157,7 +157,7 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["chat_template"].as_str().map(String::from));
+        .and_then(|v| v.get("chat_template")?.as_str().map(String::from));
     let engine_cfg = EngineConfig {
         scheduler: SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
@@ -169,7 +169,7 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         max_waiting: args.max_waiting_requests,
         eos_token_ids: generation.eos_token_ids,
     };
-    let handle = engine::spawn(model, cache, tokenizer.clone(), engine_cfg, metrics);
+    let handle = engine::spawn(model, cache, tokenizer.clone(), engine_cfg, metrics)?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         kv_blocks = num_blocks,
@@ -192,7 +192,6 @@ pub fn state(args: &Args) -> anyhow::Result<AppState> {
         ("--max-num-seqs", args.max_num_seqs),
         ("--max-num-batched-tokens", args.max_num_batched_tokens),
         ("--block-size", args.block_size),
-        ("--max-waiting-requests", args.max_waiting_requests),
     ] {
         if value == 0 {
             anyhow::bail!("{flag} must be at least 1");
@@ -205,7 +204,7 @@ pub fn state(args: &Args) -> anyhow::Result<AppState> {
     let cfg = ModelConfig::load(&dir)?;
     let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings).min(cfg.max_position_embeddings);
     let id = args.served_name();
-    Ok(AppState::new(id, max_model_len, args.max_body_bytes, prometheus::Registry::new()))
+    Ok(AppState::new(id, max_model_len, args.max_body_bytes, prometheus::Registry::new())?)
 }
 
 /// Serves until SIGTERM or Ctrl-C, then stops taking requests and gives running ones the grace

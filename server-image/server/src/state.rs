@@ -54,11 +54,16 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// State for a server of `model_id`; the model is attached later with [`AppState::set_loaded`].
-    pub fn new(model_id: String, max_model_len: usize, max_body_bytes: usize, registry: prometheus::Registry) -> Self {
-        let http = HttpMetrics::register(&registry, &model_id).expect("HTTP metric names are unique");
+    pub fn new(
+        model_id: String,
+        max_model_len: usize,
+        max_body_bytes: usize,
+        registry: prometheus::Registry,
+    ) -> prometheus::Result<Self> {
+        let http = HttpMetrics::register(&registry, &model_id)?;
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        AppState(Arc::new(Inner {
+        Ok(AppState(Arc::new(Inner {
             model_id,
             max_model_len,
             max_body_bytes,
@@ -67,7 +72,7 @@ impl AppState {
             http,
             created,
             seed: AtomicU64::new(created),
-        }))
+        })))
     }
 
     /// Marks the model loaded.

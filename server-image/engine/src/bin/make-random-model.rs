@@ -1,6 +1,7 @@
 //! `make-random-model --preset tiny-qwen2|qwen2.5-0.5b --out DIR [--tokenizer tokenizer.json]`:
 //! writes a random-weight model in Hugging Face layout (for GPU checks where no hub is reachable).
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 use std::path::PathBuf;
 

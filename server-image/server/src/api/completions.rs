@@ -19,12 +19,13 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
     validate::check_model(&body, &state)?;
     validate::check_fields(&body, validate::COMPLETION_FIELDS)?;
     let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
+    // A list of one string stands for that string.
     let prompt = match body.get("prompt") {
+        Some(Value::Array(a)) if matches!(a.as_slice(), [Value::String(_)]) => a.first(),
+        other => other,
+    };
+    let prompt = match prompt {
         Some(Value::String(s)) => validate::encode(&loaded.tokenizer, s.clone(), "prompt").await?,
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            let text = a[0].as_str().unwrap_or_default().to_string();
-            validate::encode(&loaded.tokenizer, text, "prompt").await?
-        }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_u64().is_some()) => {
             // An id the embedding cannot look up would fail the whole engine step, and with it
             // every request in flight: refuse it here.
@@ -35,7 +36,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
                     format!("token id {bad} is outside the vocabulary of {vocab}"),
                 ));
             }
-            a.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+            a.iter().filter_map(Value::as_u64).map(|t| t as u32).collect()
         }
         Some(_) => {
             return Err(ApiError::invalid(

@@ -256,14 +256,14 @@ pub fn generation(
     if top_k < -1 {
         return Err(ApiError::invalid("top_k", "`top_k` must be -1 (all) or positive"));
     }
-    let mut penalties = [0.0f32; 2];
-    for (i, key) in ["presence_penalty", "frequency_penalty"].iter().enumerate() {
+    let penalty = |key: &str| {
         let v = number(body, key)?.unwrap_or(0.0);
         if !(-2.0..=2.0).contains(&v) {
             return Err(ApiError::invalid(key, format!("`{key}` must be between -2 and 2, got {v}")));
         }
-        penalties[i] = v as f32;
-    }
+        Ok(v as f32)
+    };
+    let (presence_penalty, frequency_penalty) = (penalty("presence_penalty")?, penalty("frequency_penalty")?);
     if let Some(n) = integer(body, "n")?
         && n != 1
     {
@@ -302,8 +302,8 @@ pub fn generation(
                 top_p: top_p as f32,
                 top_k: if top_k <= 0 { 0 } else { top_k as usize },
                 seed,
-                presence_penalty: penalties[0],
-                frequency_penalty: penalties[1],
+                presence_penalty,
+                frequency_penalty,
             },
             max_tokens,
             stop,
