@@ -153,9 +153,17 @@ impl Model {
         let shape = (num_blocks * block_size, self.cfg.kv_heads(), self.cfg.head_dim());
         let mut k = Vec::new();
         let mut v = Vec::new();
+        // On CPU a zeroed allocation is only mapped, and its pages would be touched one by one as
+        // blocks are first used: resident memory would creep up under load for hours, looking like
+        // a leak and meeting the pod's memory limit late. Writing every page now makes the
+        // replica's memory what it will use from the start (as a GPU allocation is).
+        let cache = |device: &Device| -> Result<Tensor> {
+            let zeros = Tensor::zeros(shape, self.dtype, device)?;
+            Ok(if device.is_cpu() { zeros.affine(1.0, 0.0)? } else { zeros })
+        };
         for _ in 0..self.cfg.num_hidden_layers {
-            k.push(Tensor::zeros(shape, self.dtype, &self.device)?);
-            v.push(Tensor::zeros(shape, self.dtype, &self.device)?);
+            k.push(cache(&self.device)?);
+            v.push(cache(&self.device)?);
         }
         Ok(KvCache { k, v, blocks: BlockManager::new(num_blocks, block_size) })
     }

@@ -42,6 +42,20 @@ pub struct Args {
     /// keep sending).
     #[arg(long, env = "LLMSERVE_ROUTER_RESPONSE_TIMEOUT_SECONDS", default_value_t = 600.0)]
     pub response_timeout_seconds: f64,
+    /// Failed requests in a row (5xx, refused or broken connections, timeouts) that eject a replica
+    /// from the pool for a while (0: never).
+    #[arg(long, env = "LLMSERVE_ROUTER_OUTLIER_CONSECUTIVE_FAILURES", default_value_t = 5)]
+    pub outlier_consecutive_failures: u32,
+    /// Seconds of a replica's first ejection; each further one doubles it.
+    #[arg(long, env = "LLMSERVE_ROUTER_OUTLIER_BASE_EJECTION_SECONDS", default_value_t = 5.0)]
+    pub outlier_base_ejection_seconds: f64,
+    /// Longest ejection in seconds.
+    #[arg(long, env = "LLMSERVE_ROUTER_OUTLIER_MAX_EJECTION_SECONDS", default_value_t = 300.0)]
+    pub outlier_max_ejection_seconds: f64,
+    /// Seconds between active health checks of every replica (`GET /health`; a failure ejects the
+    /// replica until a check passes); 0 turns them off.
+    #[arg(long, env = "LLMSERVE_ROUTER_HEALTH_CHECK_INTERVAL_SECONDS", default_value_t = 5.0)]
+    pub health_check_interval_seconds: f64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

@@ -15,10 +15,12 @@ pub const PROMPT_TOKENS_TOTAL: &str = "llmserve_router_prompt_tokens_total";
 pub const COMPLETION_TOKENS_TOTAL: &str = "llmserve_router_completion_tokens_total";
 /// Requests being served now, per model.
 pub const REQUESTS_IN_FLIGHT: &str = "llmserve_router_requests_in_flight";
-/// Requests sent again to another replica after a refused connection.
+/// Requests sent again to another replica after a refused connection or a 503.
 pub const RETRIES_TOTAL: &str = "llmserve_router_retries_total";
 /// Replicas the router can send to, per model.
 pub const READY_REPLICAS: &str = "llmserve_router_ready_replicas";
+/// Replicas taken out of the pool for failing requests in a row or their health check, per model.
+pub const EJECTIONS_TOTAL: &str = "llmserve_router_ejections_total";
 
 /// Every family, as exposed on `/metrics`.
 pub const FAMILIES: &[&str] = &[
@@ -30,6 +32,7 @@ pub const FAMILIES: &[&str] = &[
     REQUESTS_IN_FLIGHT,
     RETRIES_TOTAL,
     READY_REPLICAS,
+    EJECTIONS_TOTAL,
 ];
 
 /// The model label of a request for a model the application does not serve.
@@ -57,6 +60,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// See [`READY_REPLICAS`].
     pub ready_replicas: IntGaugeVec,
+    /// See [`EJECTIONS_TOTAL`].
+    pub ejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,11 +102,16 @@ impl Metrics {
             )?,
             retries: counter(
                 RETRIES_TOTAL,
-                "Requests retried on another replica after a refused connection.",
+                "Requests retried on another replica after a refused connection or a 503.",
                 &["model"],
             )?,
             ready_replicas: IntGaugeVec::new(
                 Opts::new(READY_REPLICAS, "Replicas the router can send requests to."),
+                &["model"],
+            )?,
+            ejections: counter(
+                EJECTIONS_TOTAL,
+                "Replicas ejected from the pool for failing requests in a row or their health check.",
                 &["model"],
             )?,
         };
@@ -113,12 +123,14 @@ impl Metrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.ready_replicas.clone()))?;
+        registry.register(Box::new(m.ejections.clone()))?;
         for model in models {
             m.prompt_tokens.with_label_values(&[model]).reset();
             m.completion_tokens.with_label_values(&[model]).reset();
             m.in_flight.with_label_values(&[model]).set(0);
             m.retries.with_label_values(&[model]).reset();
             m.ready_replicas.with_label_values(&[model]).set(0);
+            m.ejections.with_label_values(&[model]).reset();
         }
         Ok(m)
     }

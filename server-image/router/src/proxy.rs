@@ -2,7 +2,7 @@
 //! whole, SSE streams chunk by chunk. Records the router's service-level metrics on the way.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -24,14 +24,41 @@ const FORWARDED_RESPONSE_HEADERS: &[header::HeaderName] =
     &[header::CONTENT_TYPE, header::RETRY_AFTER, header::CACHE_CONTROL];
 const REQUEST_ID: &str = "x-request-id";
 
+/// A body over the limit is still read, and dropped, up to this many bytes ...
+const DRAIN_BYTES: usize = 64 << 20;
+/// ... or for this long, so that a client still sending it gets its 413, not a reset connection.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// The request body, or `None` when it is larger than `limit` (or broke off). The rest of a body
+/// over the limit is read and dropped, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
+    let mut frames = body.into_data_stream();
+    let mut kept = Vec::new();
+    while let Some(frame) = frames.next().await {
+        let frame = frame.ok()?;
+        if kept.len().saturating_add(frame.len()) > limit {
+            let mut drained = kept.len().saturating_add(frame.len());
+            let drain = async {
+                while let Some(Ok(frame)) = frames.next().await {
+                    drained = drained.saturating_add(frame.len());
+                    if drained > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return None;
+        }
+        kept.extend_from_slice(&frame);
+    }
+    Some(Bytes::from(kept))
+}
+
 /// Forwards a `POST` on `route` (a path template such as `/v1/completions`).
 pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes));
-        }
+    let Some(bytes) = read_body(body, state.max_body_bytes).await else {
+        return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes));
     };
     let mut req = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(fields)) => fields,
@@ -134,8 +161,17 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
     out.body(Body::from(body)).unwrap_or_else(|_| ApiError::internal("building the response failed").into_response())
 }
 
-/// Sends to the least busy replica; a refused connection is retried once on another replica,
-/// since nothing reached the model yet.
+/// Records a failed request on its replica, and the ejection when it caused one.
+fn failed(state: &AppState, model: &str, lease: &Lease) {
+    if lease.failed() {
+        state.metrics.ejections.with_label_values(&[model]).inc();
+        tracing::warn!(model, replica = %lease.replica().url, "replica ejected after failures in a row");
+    }
+}
+
+/// Sends to the least busy replica in good standing. A refused connection, or a 503 (a replica
+/// loading or whose engine stopped), is retried once on another replica: nothing reached the client
+/// yet, and the replica did no work. Every answer counts for or against the replica's standing.
 async fn send(
     state: &AppState,
     model: &str,
@@ -144,6 +180,7 @@ async fn send(
     body: Bytes,
 ) -> Result<(reqwest::Response, Lease), ApiError> {
     let mut refused: Option<String> = None;
+    let mut unavailable: Option<(reqwest::Response, Lease)> = None;
     for attempt in 0..2 {
         let Some(lease) = state.pool.pick(model, refused.as_deref()) else { break };
         if attempt == 1 {
@@ -157,20 +194,36 @@ async fn send(
             }
         }
         match tokio::time::timeout(state.response_timeout, rb.send()).await {
-            Ok(Ok(resp)) => return Ok((resp, lease)),
+            Ok(Ok(resp)) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && attempt == 0 => {
+                tracing::warn!(model, replica = %lease.replica().url, "replica unavailable; trying another");
+                failed(state, model, &lease);
+                refused = Some(lease.replica().url.clone());
+                unavailable = Some((resp, lease));
+            }
+            Ok(Ok(resp)) => {
+                if resp.status().is_server_error() {
+                    failed(state, model, &lease);
+                } else {
+                    lease.succeeded();
+                }
+                return Ok((resp, lease));
+            }
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica refused the connection");
                 lease.replica().refused();
+                failed(state, model, &lease);
                 refused = Some(lease.replica().url.clone());
             }
             Ok(Err(e)) => {
                 tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica failed before answering");
+                failed(state, model, &lease);
                 return Err(ApiError {
                     status: StatusCode::BAD_GATEWAY,
                     ..ApiError::internal("the model replica failed before answering")
                 });
             }
             Err(_) => {
+                failed(state, model, &lease);
                 return Err(ApiError {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     code: Some("timeout"),
@@ -181,6 +234,10 @@ async fn send(
                 });
             }
         }
+    }
+    // The replica's own 503 (with its Retry-After) when no other replica could take the request.
+    if let Some(answer) = unavailable {
+        return Ok(answer);
     }
     Err(ApiError {
         retry_after: Some(1),
@@ -266,6 +323,9 @@ fn pass_through(p: Passing) -> impl futures::Stream<Item = Result<Bytes, std::io
                 }
                 Some(Err(e)) => {
                     tracing::warn!(model = %p.tracker.model, error = %e, "replica's stream broke off");
+                    if p._lease.failed() {
+                        p.tracker.metrics.ejections.with_label_values(&[&p.tracker.model]).inc();
+                    }
                     p.done = true;
                     return Some((Err(std::io::Error::other("the model replica's stream broke off")), p));
                 }

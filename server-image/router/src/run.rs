@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::api::{self, AppState};
 use crate::args::{Args, normalized_prefix, split_pair};
-use crate::backends::Pool;
+use crate::backends::{OutlierPolicy, Pool};
 use crate::discovery::{self, Target};
 use crate::metrics::Metrics;
 
@@ -64,7 +64,12 @@ pub fn backends(args: &Args) -> anyhow::Result<Backends> {
 /// Builds the state; starts following EndpointSlices when `--backend-service` is given.
 pub async fn state(args: &Args) -> anyhow::Result<AppState> {
     let Backends { models, statics, targets } = backends(args)?;
-    let pool = Arc::new(Pool::new(models.clone()));
+    let policy = OutlierPolicy {
+        consecutive_failures: args.outlier_consecutive_failures,
+        base_ejection: seconds("outlier-base-ejection-seconds", args.outlier_base_ejection_seconds)?,
+        max_ejection: seconds("outlier-max-ejection-seconds", args.outlier_max_ejection_seconds)?,
+    };
+    let pool = Arc::new(Pool::with_policy(models.clone(), policy));
     for (model, urls) in &statics {
         pool.set(model, urls);
     }
@@ -92,6 +97,10 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         .tcp_nodelay(true)
         .no_proxy()
         .build()?;
+    if args.health_check_interval_seconds > 0.0 {
+        let every = seconds("health-check-interval-seconds", args.health_check_interval_seconds)?;
+        tokio::spawn(health_checks(pool.clone(), client.clone(), metrics.clone(), every));
+    }
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok(AppState {
         pool,
@@ -103,6 +112,36 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         synced,
         created,
     })
+}
+
+/// A duration flag: finite and not negative.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| anyhow::anyhow!("--{flag} must be a number of seconds, got {value}"))
+}
+
+/// The active health check: every `every`, `GET /health` of each replica (2 s at most); a replica
+/// that fails it is ejected until it passes again.
+async fn health_checks(pool: Arc<Pool>, client: reqwest::Client, metrics: Metrics, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let checks = pool.all_replicas().into_iter().map(|(model, replica)| {
+            let client = client.clone();
+            async move {
+                let url = format!("{}/health", replica.url);
+                let answer = client.get(&url).timeout(Duration::from_secs(2)).send().await;
+                let healthy = answer.is_ok_and(|r| r.status().is_success());
+                (model, replica, healthy)
+            }
+        });
+        for (model, replica, healthy) in futures::future::join_all(checks).await {
+            if replica.set_healthy(healthy) {
+                metrics.ejections.with_label_values(&[&model]).inc();
+                tracing::warn!(model, replica = %replica.url, "replica failed its health check; ejected");
+            }
+        }
+    }
 }
 
 /// Serves until SIGTERM or Ctrl-C, then stops accepting and gives in-flight requests (streams

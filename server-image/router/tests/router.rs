@@ -257,7 +257,9 @@ async fn least_outstanding_spreads_load_and_refused_replicas_are_retried() {
     let a2 = Server::start("alpha", &[]);
     let dead = format!("http://127.0.0.1:{}", free_port());
     let args = [backend("alpha", &a1.url), backend("alpha", &a2.url), backend("alpha", &dead)].concat();
-    let r = router(&args, &[]);
+    // Health checks off: they would eject the dead replica before the first request, and this test
+    // is about the retry after a refused connection.
+    let r = router(&args, &[("LLMSERVE_ROUTER_HEALTH_CHECK_INTERVAL_SECONDS", "0")]);
     let url = format!("{}/v1/completions", r.url);
     let mut body = completion("alpha", 48);
     body["ignore_eos"] = true.into();
@@ -404,4 +406,32 @@ async fn sigterm_drains_in_flight_streams() {
     assert!(text.trim_end().ends_with("data: [DONE]"));
     assert!(text.contains(r#""finish_reason":"length""#), "the whole stream arrived");
     assert!(r.wait().success(), "the router exits cleanly after the drain");
+}
+
+/// A replica whose engine dies mid-run (the debug builds' fault hook) costs at most the request it
+/// was serving: the router stops sending to it (refused connections are retried, the dead replica is
+/// ejected) and the other replica serves everything after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_is_ejected_and_the_other_serves_everything() {
+    let healthy = Server::start("alpha", &[]);
+    let mut dying = Server::start_with_env("alpha", &[], &[("LLMSERVE_FAULT_ENGINE_PANIC_AFTER_STEPS", "30")]);
+    let r = router(
+        &[backend("alpha", &healthy.url), backend("alpha", &dying.url)].concat(),
+        &[("LLMSERVE_ROUTER_HEALTH_CHECK_INTERVAL_SECONDS", "0.5")],
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let (status, _, body) = post(&format!("{}/v1/completions", r.url), completion("alpha", 8)).await;
+        assert!(status == 200 || body["error"]["message"].is_string(), "an OpenAI envelope: {body}");
+        statuses.push(status);
+    }
+    assert!(!dying.wait().success(), "the faulty replica exited non-zero");
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert!(failed <= 1, "only the request in flight on the dying replica may fail: {statuses:?}");
+    let first_failure = statuses.iter().position(|s| *s != 200).unwrap_or(0);
+    assert!(statuses[first_failure + 1..].iter().all(|s| *s == 200), "everything after is served: {statuses:?}");
+    let m = metrics_text(&r.url).await;
+    assert!(sample(&r.url, r#"llmserve_router_ejections_total{model="alpha"}"#).await >= Some(1.0), "{m}");
+    let served = r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#;
+    assert!(sample(&healthy.url, served).await >= Some(20.0), "the healthy replica served the rest");
 }

@@ -18,13 +18,19 @@ pub struct Server {
 impl Server {
     /// Serves stories260k as `model`, with extra flags, and waits until `/health` says ready.
     pub fn start(model: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(model, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let mut cmd = Command::new(workspace_bin("llmserve-server"));
         cmd.arg("--model")
             .arg(crate::stories260k())
             .args(["--served-model-name", model, "--port", &port.to_string(), "--log-format", "text"])
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
         let process = Process::spawn(cmd, port).ready("/health", Duration::from_secs(60));
         Server { url: process.url.clone(), model: model.into(), process }
     }
@@ -37,6 +43,11 @@ impl Server {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.process.wait()
     }
 }
 
