@@ -218,6 +218,20 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
         Wanted { monitors: observe && present.service_monitors, rules: observe && present.prometheus_rules, present };
 
     // === apply ===
+    // A new spec may name children that exist already; only this app's own may be written.
+    if new_generation && let Err(e) = check_ownership(ctx, app, &desired).await {
+        if let Error::NameConflict { .. } = e {
+            let msg = crate::text::one_line(&e.to_string(), MAX_MESSAGE_BYTES);
+            tracing::warn!(app = %app.name_any(), error = %msg, "name conflict; nothing written");
+            let conds = [
+                Cond::new(types::READY, false, reasons::NAME_CONFLICT, msg.clone()),
+                Cond::new(types::DEGRADED, true, reasons::NAME_CONFLICT, msg.clone()),
+            ];
+            let _ = update_status(ctx, app, &conds, observed_generation, None).await;
+            ctx.event(app, EventType::Warning, reasons::NAME_CONFLICT, "Apply", msg).await;
+        }
+        return Err(e);
+    }
     let applied = match apply(ctx, app, &desired, wanted).await {
         Ok(a) => a,
         Err(e) => {
@@ -370,6 +384,46 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
             .map_err(failed("PrometheusRule", &rule_name))?;
     }
     Ok(Applied { models, router })
+}
+
+/// Refuses to take over an existing Deployment or Service this application does not control:
+/// another application's (names can meet, as `a` + model `b-c` and `a-b` + model `c` do) or one
+/// made outside llmserve. Read before a new spec is applied, so steady-state reconciles cost nothing.
+async fn check_ownership(ctx: &Context, app: &LlmApplication, desired: &Desired) -> Result<()> {
+    let ns = app.namespace().unwrap_or_default();
+    let uid = app.uid().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let names = desired.models.iter().map(|(_, dep, ..)| dep.name_any()).chain([desired.router_deployment.name_any()]);
+    for name in names {
+        if let Some(d) = deployments.get_metadata_opt(&name).await.map_err(failed("Deployment", &name))? {
+            owned_by(&uid, "Deployment", &name, &d.metadata)?;
+        }
+        if let Some(s) = services.get_metadata_opt(&name).await.map_err(failed("Service", &name))? {
+            owned_by(&uid, "Service", &name, &s.metadata)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the object `kind` `name` is controlled by the application with `uid`; the conflict
+/// names its actual controller otherwise.
+pub fn owned_by(
+    uid: &str,
+    kind: &'static str,
+    name: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<()> {
+    let controller = meta.owner_references.iter().flatten().find(|r| r.controller == Some(true));
+    match controller {
+        Some(r) if r.uid == uid => Ok(()),
+        Some(r) => Err(Error::NameConflict { kind, name: name.to_string(), owner: format!("{} {}", r.kind, r.name) }),
+        None => Err(Error::NameConflict {
+            kind,
+            name: name.to_string(),
+            owner: "no controller (it was made outside llmserve)".into(),
+        }),
+    }
 }
 
 /// Turns a failed write of `kind` `name` into the error that names it.

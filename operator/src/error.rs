@@ -19,6 +19,19 @@ pub enum Error {
     /// An object could not be (de)serialised.
     #[error("serialisation failed: {0}")]
     Serialization(#[from] serde_json::Error),
+    /// A child's name is taken by an object this application does not own; nothing was written.
+    #[error(
+        "{kind} {name} already exists and belongs to {owner}, not to this application; \
+         rename the model or the application"
+    )]
+    NameConflict {
+        /// The child's kind.
+        kind: &'static str,
+        /// The child's name.
+        name: String,
+        /// Who controls the existing object.
+        owner: String,
+    },
     /// Sending the usage report failed.
     #[error("usage report failed: {0}")]
     UsageReport(String),
@@ -35,6 +48,7 @@ pub const METRIC_LABELS: &[&str] = &[
     "api_error",
     "api_unreachable",
     "serialization",
+    "name_conflict",
     "usage_report",
     "leadership",
 ];
@@ -51,6 +65,7 @@ impl Error {
                 _ => "api_unreachable",
             },
             Error::Serialization(_) => "serialization",
+            Error::NameConflict { .. } => "name_conflict",
             Error::UsageReport(_) => "usage_report",
             Error::Leadership(_) => "leadership",
         }

@@ -27,6 +27,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Applying a child failed.
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// A child's name is taken by an object this application does not own.
+    pub const NAME_CONFLICT: &str = "NameConflict";
     /// A Deployment reports ReplicaFailure or an exceeded progress deadline.
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
     /// Nothing wrong.

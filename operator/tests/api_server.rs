@@ -463,3 +463,35 @@ async fn a_child_the_api_refuses_is_one_readable_line_and_stops_no_other_app() {
     assert!(notes.iter().all(|n| n.len() <= 1000 && !n.contains('\n')), "{notes:?}");
     assert!(!ctrl.handle_finished(), "the controller is still running");
 }
+
+/// App `a` with model `b-c` and app `a-b` with model `c` both want Deployment `a-b-c`. The second
+/// takes nothing over: it reports `NameConflict` naming the object and its owner, and the object
+/// keeps its one owner and its spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_meet_across_apps_are_a_conflict_and_nothing_is_taken_over() {
+    let ns = "names-meet";
+    let (client, ctrl) = setup(ns).await;
+    let mut first = fixture("ray-example.yaml", "a");
+    first["spec"]["models"][0]["modelLoadingConfig"]["modelId"] = json!("b-c");
+    apply_app(&client, ns, &first).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let owned = wait_get(&deps, "a-b-c").await;
+    assert_eq!(owned.metadata.owner_references.as_ref().unwrap()[0].name, "a");
+
+    let mut second = fixture("ray-example.yaml", "a-b");
+    second["spec"]["models"][0]["modelLoadingConfig"]["modelId"] = json!("c");
+    apply_app(&client, ns, &second).await.unwrap();
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let (_, reason, message) =
+        eventually(WAIT, || async { condition(&apps.get("a-b").await.ok()?, "Degraded").filter(|c| c.0 == "True") })
+            .await
+            .expect("the second app is Degraded");
+    assert_eq!(reason, "NameConflict");
+    assert!(message.contains("Deployment a-b-c") && message.contains("LlmApplication a,"), "{message}");
+    let after = deps.get("a-b-c").await.unwrap();
+    let owners: Vec<_> = after.metadata.owner_references.iter().flatten().map(|r| r.name.clone()).collect();
+    assert_eq!(owners, ["a"], "one owner, the first app");
+    assert!(args(&after).contains(&"b-c".to_string()), "the first app's spec is untouched: {:?}", args(&after));
+    assert!(deps.get_opt("a-b-router").await.unwrap().is_none(), "nothing of the second app was written");
+    assert!(!ctrl.handle_finished());
+}

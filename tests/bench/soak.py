@@ -222,7 +222,12 @@ async def drive(url, requests, seconds, concurrency, seed, tally, problems, on_p
     rng = random.Random(seed)
     deadline = time.time() + seconds
     queue = iter(range(requests))
-    trickles = asyncio.Semaphore(2)  # slow clients are few at once, as in life
+    trickles = asyncio.Semaphore(4)  # slow clients are few at once, as in life
+    slow = []
+
+    async def trickle_one(client, req):
+        async with trickles:
+            await one(client, url, req, tally, problems)
 
     async def worker(client):
         for i in queue:
@@ -230,8 +235,8 @@ async def drive(url, requests, seconds, concurrency, seed, tally, problems, on_p
                 return
             req = request(rng)
             if req[0] == "trickle":
-                async with trickles:
-                    await one(client, url, req, tally, problems)
+                # A slow client holds a connection, not a worker: the others keep the load up.
+                slow.append(asyncio.create_task(trickle_one(client, req)))
             else:
                 await one(client, url, req, tally, problems)
             if on_progress:
@@ -240,6 +245,7 @@ async def drive(url, requests, seconds, concurrency, seed, tally, problems, on_p
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await asyncio.gather(*slow)
 
 
 def soak(requests, seconds, concurrency=16, seed=1, profile="debug", warmup=500):

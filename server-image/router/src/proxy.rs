@@ -29,14 +29,16 @@ const DRAIN_BYTES: usize = 64 << 20;
 /// ... or for this long, so that a client still sending it gets its 413, not a reset connection.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
-/// The request body, or `None` when it is larger than `limit` (or broke off). The rest of a body
-/// over the limit is read and dropped, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
-async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
+/// The request body, or `None` when it is larger than `limit` (or broke off). A body over the
+/// limit is read and dropped, within [`DRAIN_BYTES`] and [`DRAIN_TIME`]; one whose declared length
+/// is over it is never buffered at all.
+async fn read_body(body: Body, declared: Option<usize>, limit: usize) -> Option<Bytes> {
     let mut frames = body.into_data_stream();
-    let mut kept = Vec::new();
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let too_large = declared.is_some_and(|n| n > limit);
     while let Some(frame) = frames.next().await {
         let frame = frame.ok()?;
-        if kept.len().saturating_add(frame.len()) > limit {
+        if too_large || kept.len().saturating_add(frame.len()) > limit {
             let mut drained = kept.len().saturating_add(frame.len());
             let drain = async {
                 while let Some(Ok(frame)) = frames.next().await {
@@ -57,7 +59,8 @@ async fn read_body(body: Body, limit: usize) -> Option<Bytes> {
 /// Forwards a `POST` on `route` (a path template such as `/v1/completions`).
 pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let Some(bytes) = read_body(body, state.max_body_bytes).await else {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let Some(bytes) = read_body(body, declared, state.max_body_bytes).await else {
         return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes));
     };
     let mut req = match serde_json::from_slice::<Value>(&bytes) {
