@@ -248,8 +248,12 @@ async def drive(url, requests, seconds, concurrency, seed, tally, problems, on_p
         await asyncio.gather(*slow)
 
 
-def soak(requests, seconds, concurrency=16, seed=1, profile="debug", warmup=500):
-    """Runs the soak; returns its report (a dict) and the list of problems found (empty: passed)."""
+def soak(requests, seconds, concurrency=16, seed=1, profile="debug", warmup=None):
+    """Runs the soak; returns its report (a dict) and the list of problems found (empty: passed).
+    The warm-up (2% of the requests, at least 500) lets allocators and caches settle before memory is
+    first read; a leak grows with the requests whatever it is. Memory is read again halfway, so the
+    report tells a plateau from growth."""
+    warmup = warmup or max(500, requests // 50)
     tally, problems = collections.Counter(), []
     with ExitStack() as stack:
         replicas = [stack.enter_context(procs.server(f"soak-{i}", profile=profile)) for i in range(2)]
@@ -257,8 +261,14 @@ def soak(requests, seconds, concurrency=16, seed=1, profile="debug", warmup=500)
         everyone = [*replicas, router]
         asyncio.run(drive(router.url, warmup, seconds, concurrency, seed + 1, collections.Counter(), []))
         rss_warm = [rss_kib(p.process.pid) for p in everyone]
+        rss_half = {}
+
+        def halfway(i):
+            if i == requests // 2 and not rss_half:
+                rss_half.update({p.name: rss_kib(p.process.pid) for p in everyone if p.process.poll() is None})
+
         started = time.time()
-        asyncio.run(drive(router.url, requests, seconds, concurrency, seed, tally, problems))
+        asyncio.run(drive(router.url, requests, seconds, concurrency, seed, tally, problems, halfway))
         elapsed = time.time() - started
         time.sleep(1.0)  # dropped streams are aborted at the next engine step
         for p in everyone:
@@ -285,7 +295,9 @@ def soak(requests, seconds, concurrency=16, seed=1, profile="debug", warmup=500)
         "seconds": round(elapsed, 1),
         "requests_per_second": round(done / elapsed, 1),
         "by_kind_and_status": {f"{k} {s}": n for (k, s), n in sorted(tally.items(), key=str)},
+        "warmup_requests": warmup,
         "rss_kib_after_warmup": dict(zip([p.name for p in everyone], rss_warm, strict=True)),
+        "rss_kib_halfway": rss_half,
         "rss_kib_at_end": dict(zip([p.name for p in everyone], rss_end, strict=False)),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "profile": profile,
