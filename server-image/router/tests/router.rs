@@ -30,6 +30,11 @@ async fn post(url: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value
 }
 
 /// The value of one exposition line, `name{labels}` exactly as Prometheus text writes it.
+/// The body of a `POST`, as text (an SSE stream whole).
+async fn post_text(url: &str, body: &Value) -> String {
+    reqwest::Client::new().post(url).json(body).send().await.unwrap().text().await.unwrap()
+}
+
 async fn sample(base: &str, series: &str) -> Option<f64> {
     let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     text.lines()
@@ -111,15 +116,7 @@ async fn routes_by_model_streams_through_and_maps_errors() {
     // The client that asks for usage gets it.
     body["max_tokens"] = 5.into();
     body["stream_options"] = json!({"include_usage": true});
-    let text = reqwest::Client::new()
-        .post(format!("{api}/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_text(&format!("{api}/completions"), &body).await;
     assert!(text.contains(r#""usage":{"completion_tokens":5"#) || text.contains(r#""completion_tokens":5"#), "{text}");
 
     // Errors.
@@ -177,15 +174,7 @@ async fn service_level_counters_equal_what_clients_saw_with_engine_metrics_off()
         let usage = if i % 4 == 1 {
             body["stream"] = true.into();
             body["stream_options"] = json!({"include_usage": true});
-            let text = reqwest::Client::new()
-                .post(format!("{}{route}", r.url))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = post_text(&format!("{}{route}", r.url), &body).await;
             let last: Value = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("data: "))
