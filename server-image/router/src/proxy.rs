@@ -138,7 +138,7 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
             upstream: upstream.bytes_stream().boxed(),
             filter: UsageFilter::new(strip),
             tracker,
-            _lease: lease,
+            lease,
             done: false,
         };
         return out
@@ -165,9 +165,9 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
 }
 
 /// Records a failed request on its replica, and the ejection when it caused one.
-fn failed(state: &AppState, model: &str, lease: &Lease) {
+fn failed(metrics: &Metrics, model: &str, lease: &Lease) {
     if lease.failed() {
-        state.metrics.ejections.with_label_values(&[model]).inc();
+        metrics.ejections.with_label_values(&[model]).inc();
         tracing::warn!(model, replica = %lease.replica().url, "replica ejected after failures in a row");
     }
 }
@@ -199,13 +199,13 @@ async fn send(
         match tokio::time::timeout(state.response_timeout, rb.send()).await {
             Ok(Ok(resp)) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && attempt == 0 => {
                 tracing::warn!(model, replica = %lease.replica().url, "replica unavailable; trying another");
-                failed(state, model, &lease);
+                failed(&state.metrics, model, &lease);
                 refused = Some(lease.replica().url.clone());
                 unavailable = Some((resp, lease));
             }
             Ok(Ok(resp)) => {
                 if resp.status().is_server_error() {
-                    failed(state, model, &lease);
+                    failed(&state.metrics, model, &lease);
                 } else {
                     lease.succeeded();
                 }
@@ -214,19 +214,19 @@ async fn send(
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica refused the connection");
                 lease.replica().refused();
-                failed(state, model, &lease);
+                failed(&state.metrics, model, &lease);
                 refused = Some(lease.replica().url.clone());
             }
             Ok(Err(e)) => {
                 tracing::warn!(model, replica = %lease.replica().url, error = %e, "replica failed before answering");
-                failed(state, model, &lease);
+                failed(&state.metrics, model, &lease);
                 return Err(ApiError {
                     status: StatusCode::BAD_GATEWAY,
                     ..ApiError::internal("the model replica failed before answering")
                 });
             }
             Err(_) => {
-                failed(state, model, &lease);
+                failed(&state.metrics, model, &lease);
                 return Err(ApiError {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     code: Some("timeout"),
@@ -304,7 +304,7 @@ struct Passing {
     upstream: BoxStream<'static, reqwest::Result<Bytes>>,
     filter: UsageFilter,
     tracker: Arc<Tracker>,
-    _lease: Lease,
+    lease: Lease,
     done: bool,
 }
 
@@ -326,9 +326,7 @@ fn pass_through(p: Passing) -> impl futures::Stream<Item = Result<Bytes, std::io
                 }
                 Some(Err(e)) => {
                     tracing::warn!(model = %p.tracker.model, error = %e, "replica's stream broke off");
-                    if p._lease.failed() {
-                        p.tracker.metrics.ejections.with_label_values(&[&p.tracker.model]).inc();
-                    }
+                    failed(&p.tracker.metrics, &p.tracker.model, &p.lease);
                     p.done = true;
                     return Some((Err(std::io::Error::other("the model replica's stream broke off")), p));
                 }
