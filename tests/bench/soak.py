@@ -75,44 +75,44 @@ def sampling(rng):
     return {k: v for k, v in body.items() if v is not None}
 
 
+def generation(rng, kind, path, body, stream_share, stream_tokens, last_drop):
+    """A generation request, streamed for `stream_share` of them (with `stream_tokens` tokens), half
+    of those dropped by the client after 0 to `last_drop` events."""
+    stream = rng.random() < stream_share
+    if stream:
+        body["stream"] = True
+        body["max_tokens"] = rng.randint(*stream_tokens)
+    drop = rng.randint(0, last_drop) if stream and rng.random() < 0.5 else None
+    return kind, "POST", path, json.dumps(body).encode(), stream, drop
+
+
 def request(rng):
-    """(kind, method, path, headers, body bytes, stream?, drop after N chunks or None)."""
+    """(kind, method, path, body bytes, stream?, drop after N chunks or None)."""
     r = rng.random()
     if r < 0.40:
         prompt = text(rng, rng.choice([0, 1, 5, 20, 60]))
         body = {"model": MODEL, "prompt": prompt, **sampling(rng)}
-        stream = rng.random() < 0.4
-        if stream:
-            body["stream"] = True
-            body["max_tokens"] = rng.randint(4, 24)
-        drop = rng.randint(0, 3) if stream and rng.random() < 0.5 else None
-        return "completion", "POST", "/v1/completions", {}, json.dumps(body).encode(), stream, drop
+        return generation(rng, "completion", "/v1/completions", body, 0.4, (4, 24), 3)
     if r < 0.60:
         content = rng.choice([text(rng, rng.randint(0, 40)), [{"type": "text", "text": "hi"}], None, 5])
         role = rng.choice(["user", "user", "system", "robot"])
         body = {"model": MODEL, "messages": [{"role": role, "content": content}], **sampling(rng)}
-        stream = rng.random() < 0.3
-        if stream:
-            body["stream"] = True
-            body["max_tokens"] = rng.randint(2, 12)
-        drop = rng.randint(0, 2) if stream and rng.random() < 0.5 else None
-        return "chat", "POST", "/v1/chat/completions", {}, json.dumps(body).encode(), stream, drop
+        return generation(rng, "chat", "/v1/chat/completions", body, 0.3, (2, 12), 2)
     if r < 0.68:
         raw = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 2})
         broken = rng.choice([raw[: rng.randint(0, len(raw) - 1)], "{", "[]", "null", "{'a': 1}", raw + "}"])
-        return "malformed-json", "POST", "/v1/completions", {}, broken.encode(), False, None
+        return "malformed-json", "POST", "/v1/completions", broken.encode(), False, None
     if r < 0.74:
         body = b'{"model": "stories260k", "prompt": "\xff\xfe\xc3(' + bytes(rng.randrange(256) for _ in range(8))
-        return "invalid-utf8", "POST", "/v1/completions", {}, body + b'", "max_tokens": 2}', False, None
+        return "invalid-utf8", "POST", "/v1/completions", body + b'", "max_tokens": 2}', False, None
     if r < 0.80:
         body = {"model": rng.choice(["gpt-4", "", "🙂", "a" * 300]), "prompt": "x"}
-        return "unknown-model", "POST", "/v1/completions", {}, json.dumps(body).encode(), False, None
+        return "unknown-model", "POST", "/v1/completions", json.dumps(body).encode(), False, None
     if r < 0.85:
         return (
             "unknown-path",
             rng.choice(["GET", "POST", "DELETE"]),
             rng.choice(["/v2/x", "/%ff", "/v1/"]),
-            {},
             b"",
             False,
             None,
@@ -120,22 +120,21 @@ def request(rng):
     if r < 0.88:
         # A long prompt: over the context, so a 400, after tokenizing about 30 KB.
         body = {"model": MODEL, "prompt": text(rng, 30_000), "max_tokens": 4}
-        return "huge-prompt", "POST", "/v1/completions", {}, json.dumps(body).encode(), False, None
+        return "huge-prompt", "POST", "/v1/completions", json.dumps(body).encode(), False, None
     if r < 0.885:
         body = {"model": MODEL, "prompt": "x" * (5 << 20)}
-        return "oversized", "POST", "/v1/completions", {}, json.dumps(body).encode(), False, None
+        return "oversized", "POST", "/v1/completions", json.dumps(body).encode(), False, None
     if r < 0.90:
         return (
             "trickle",
             "POST",
             "/v1/completions",
-            {},
             json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 2}).encode(),
             False,
             None,
         )
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": rng.randint(1, 8), "temperature": 0}
-    return "valid", "POST", "/v1/completions", {}, json.dumps(body).encode(), False, None
+    return "valid", "POST", "/v1/completions", json.dumps(body).encode(), False, None
 
 
 def acceptable(status, headers, body):
@@ -181,12 +180,12 @@ async def trickle(url, path, body):
 
 
 async def one(client, url, req, tally, problems):
-    kind, method, path, headers, body, stream, drop = req
+    kind, method, path, body, stream, drop = req
     try:
         if kind == "trickle":
             status, hdrs, payload = await trickle(url, path, body)
         elif stream:
-            async with client.stream(method, url + path, content=body, headers=headers) as r:
+            async with client.stream(method, url + path, content=body) as r:
                 status, hdrs, chunks = r.status_code, r.headers, []
                 async for chunk in r.aiter_text():
                     chunks.append(chunk)
@@ -196,7 +195,7 @@ async def one(client, url, req, tally, problems):
             if status == 200 and drop is None and b"data: [DONE]" not in payload:
                 problems.append(f"{kind}: a stream ended without [DONE]: {payload[-200:]!r}")
         else:
-            r = await client.request(method, url + path, content=body, headers=headers)
+            r = await client.request(method, url + path, content=body)
             status, hdrs, payload = r.status_code, r.headers, r.content
     except (TimeoutError, httpx.HTTPError, OSError) as e:
         problems.append(f"{kind}: transport error {type(e).__name__}: {e}")
