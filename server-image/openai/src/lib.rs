@@ -3,6 +3,7 @@
 //! when a stream fails. Internals never leak. Shared by the model server and the router.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
+pub mod body;
 pub mod routes;
 pub mod serve;
 

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use llmserve_openai::ApiError;
+use llmserve_openai::body::BodyLimits;
 use serde_json::{Value, json};
 
 use crate::backends::Pool;
@@ -30,10 +31,12 @@ pub struct AppState {
     pub registry: prometheus::Registry,
     /// HTTP client to the replicas.
     pub client: reqwest::Client,
-    /// Largest request body.
-    pub max_body_bytes: usize,
-    /// How long a replica may take to send its response headers.
+    /// Largest request body, and how long it may take to arrive.
+    pub body: BodyLimits,
+    /// How long a replica may take to send its response headers, or the next part of a stream.
     pub response_timeout: Duration,
+    /// Longest a request may take end to end.
+    pub request_timeout: Duration,
     /// Whether the replicas are known yet.
     pub synced: Arc<AtomicBool>,
     /// Unix time the router started (the models' `created`).

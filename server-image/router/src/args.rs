@@ -35,13 +35,27 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, env = "LLMSERVE_ROUTER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a request body may take to arrive, from when its headers did (408 after).
+    #[arg(long, env = "LLMSERVE_ROUTER_BODY_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub body_timeout_seconds: f64,
+    /// Seconds a connection may take to send a request's headers, counted from when it opened or
+    /// its previous response ended (so also how long an idle keep-alive connection stays open).
+    #[arg(long, env = "LLMSERVE_ROUTER_HEADER_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub header_timeout_seconds: f64,
+    /// Connections open at once; the ones over it are answered 503 with `Retry-After` and closed.
+    #[arg(long, env = "LLMSERVE_ROUTER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     /// Seconds to wait for a replica to accept a connection.
     #[arg(long, env = "LLMSERVE_ROUTER_CONNECT_TIMEOUT_SECONDS", default_value_t = 5.0)]
     pub connect_timeout_seconds: f64,
-    /// Seconds to wait for a replica's response headers (streams may then run as long as they
-    /// keep sending).
+    /// Seconds to wait for a replica's response headers, and then for each next part of a stream
+    /// (a replica silent that long has failed the request).
     #[arg(long, env = "LLMSERVE_ROUTER_RESPONSE_TIMEOUT_SECONDS", default_value_t = 600.0)]
     pub response_timeout_seconds: f64,
+    /// Longest a request may take end to end, streams included; a stream still running then ends
+    /// with an error event.
+    #[arg(long, env = "LLMSERVE_ROUTER_REQUEST_TIMEOUT_SECONDS", default_value_t = 3600.0)]
+    pub request_timeout_seconds: f64,
     /// Failed requests in a row (5xx, refused or broken connections, timeouts) that eject a replica
     /// from the pool for a while (0: never).
     #[arg(long, env = "LLMSERVE_ROUTER_OUTLIER_CONSECUTIVE_FAILURES", default_value_t = 5)]

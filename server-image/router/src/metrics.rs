@@ -1,6 +1,7 @@
 //! The router's service-level metrics, always on. Labels are bounded: model id (or `unknown` for
 //! ids the application does not serve), route template, status class.
 
+use llmserve_openai::serve::ConnectionMetrics;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Requests by model, route template and status class.
@@ -22,6 +23,11 @@ pub const READY_REPLICAS: &str = "llmserve_router_ready_replicas";
 /// Replicas taken out of the pool for failing requests in a row or their health check, per model.
 pub const EJECTIONS_TOTAL: &str = "llmserve_router_ejections_total";
 
+/// Connections open now.
+pub const CONNECTIONS_OPEN: &str = "llmserve_router_connections_open";
+/// Connections answered 503 and closed because `--max-connections` were open.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "llmserve_router_connections_refused_total";
+
 /// Every family, as exposed on `/metrics`.
 pub const FAMILIES: &[&str] = &[
     REQUESTS_TOTAL,
@@ -33,6 +39,8 @@ pub const FAMILIES: &[&str] = &[
     RETRIES_TOTAL,
     READY_REPLICAS,
     EJECTIONS_TOTAL,
+    CONNECTIONS_OPEN,
+    CONNECTIONS_REFUSED_TOTAL,
 ];
 
 /// The model label of a request for a model the application does not serve.
@@ -62,6 +70,8 @@ pub struct Metrics {
     pub ready_replicas: IntGaugeVec,
     /// See [`EJECTIONS_TOTAL`].
     pub ejections: IntCounterVec,
+    /// See [`CONNECTIONS_OPEN`] and [`CONNECTIONS_REFUSED_TOTAL`].
+    pub connections: ConnectionMetrics,
 }
 
 impl Metrics {
@@ -114,6 +124,7 @@ impl Metrics {
                 "Replicas ejected from the pool for failing requests in a row or their health check.",
                 &["model"],
             )?,
+            connections: ConnectionMetrics::register(registry, CONNECTIONS_OPEN, CONNECTIONS_REFUSED_TOTAL)?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
+use llmserve_openai::body::read_body;
 use llmserve_openai::{ApiError, status_class};
 use serde_json::Value;
 
@@ -24,44 +25,12 @@ const FORWARDED_RESPONSE_HEADERS: &[header::HeaderName] =
     &[header::CONTENT_TYPE, header::RETRY_AFTER, header::CACHE_CONTROL];
 const REQUEST_ID: &str = "x-request-id";
 
-/// A body over the limit is still read, and dropped, up to this many bytes ...
-const DRAIN_BYTES: usize = 64 << 20;
-/// ... or for this long, so that a client still sending it gets its 413, not a reset connection.
-const DRAIN_TIME: Duration = Duration::from_secs(10);
-
-/// The request body, or `None` when it is larger than `limit` (or broke off). A body over the
-/// limit is read and dropped, within [`DRAIN_BYTES`] and [`DRAIN_TIME`]; one whose declared length
-/// is over it is never buffered at all.
-async fn read_body(body: Body, declared: Option<usize>, limit: usize) -> Option<Bytes> {
-    let mut frames = body.into_data_stream();
-    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    let too_large = declared.is_some_and(|n| n > limit);
-    while let Some(frame) = frames.next().await {
-        let frame = frame.ok()?;
-        if too_large || kept.len().saturating_add(frame.len()) > limit {
-            let mut drained = kept.len().saturating_add(frame.len());
-            let drain = async {
-                while let Some(Ok(frame)) = frames.next().await {
-                    drained = drained.saturating_add(frame.len());
-                    if drained > DRAIN_BYTES {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-            return None;
-        }
-        kept.extend_from_slice(&frame);
-    }
-    Some(Bytes::from(kept))
-}
-
 /// Forwards a `POST` on `route` (a path template such as `/v1/completions`).
 pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    let Some(bytes) = read_body(body, declared, state.max_body_bytes).await else {
-        return reject(&state.metrics, UNKNOWN_MODEL, route, start, ApiError::too_large(state.max_body_bytes));
+    let bytes = match read_body(body, &headers, state.body).await {
+        Ok(bytes) => bytes,
+        Err(err) => return reject(&state.metrics, UNKNOWN_MODEL, route, start, err),
     };
     let mut req = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(fields)) => fields,
@@ -139,15 +108,28 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
             filter: UsageFilter::new(strip),
             tracker,
             lease,
+            silence: state.response_timeout,
+            deadline: tokio::time::Instant::from_std(start) + state.request_timeout,
             done: false,
         };
         return out
             .body(Body::from_stream(pass_through(passing)))
             .unwrap_or_else(|_| ApiError::internal("building the response failed").into_response());
     }
-    let body = match upstream.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
+    let deadline = tokio::time::Instant::from_std(start) + state.request_timeout;
+    let body = match tokio::time::timeout_at(deadline, upstream.bytes()).await {
+        Ok(Ok(b)) => b,
+        Err(_) => {
+            failed(&state.metrics, &model, &lease);
+            tracing::warn!(model, "replica did not finish its answer within the request timeout");
+            return ApiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: Some("timeout"),
+                ..ApiError::internal("the model replica did not finish its answer within the request timeout")
+            }
+            .into_response();
+        }
+        Ok(Err(e)) => {
             tracing::warn!(model, error = %e, "replica failed while sending its answer");
             return ApiError {
                 status: StatusCode::BAD_GATEWAY,
@@ -305,6 +287,10 @@ struct Passing {
     filter: UsageFilter,
     tracker: Arc<Tracker>,
     lease: Lease,
+    /// Longest the replica may stay silent between two parts of the stream.
+    silence: Duration,
+    /// When the request's time is up, whatever the replica does.
+    deadline: tokio::time::Instant,
     done: bool,
 }
 
@@ -316,7 +302,12 @@ fn pass_through(p: Passing) -> impl futures::Stream<Item = Result<Bytes, std::io
             return None;
         }
         loop {
-            match p.upstream.next().await {
+            let wait = p.deadline.min(tokio::time::Instant::now() + p.silence);
+            let Ok(next) = tokio::time::timeout_at(wait, p.upstream.next()).await else {
+                p.done = true;
+                return Some((Ok(timed_out(&mut p)), p));
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     p.tracker.first_byte();
                     let out = p.filter.push(&chunk);
@@ -339,4 +330,18 @@ fn pass_through(p: Passing) -> impl futures::Stream<Item = Result<Bytes, std::io
             }
         }
     })
+}
+
+/// Ends a stream whose time ran out with an error event: the request's own deadline, or a replica
+/// silent for longer than the response timeout (which counts against the replica).
+fn timed_out(p: &mut Passing) -> Bytes {
+    let message = if tokio::time::Instant::now() >= p.deadline {
+        "the request took longer than the router's request timeout".to_string()
+    } else {
+        failed(&p.tracker.metrics, &p.tracker.model, &p.lease);
+        tracing::warn!(model = %p.tracker.model, replica = %p.lease.replica().url, "replica went silent mid-stream");
+        format!("the model replica sent nothing for {} s", p.silence.as_secs_f64())
+    };
+    let err = ApiError { status: StatusCode::GATEWAY_TIMEOUT, code: Some("timeout"), ..ApiError::internal(message) };
+    Bytes::from(format!("data: {}\n\n", err.body()))
 }

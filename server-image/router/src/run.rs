@@ -9,6 +9,8 @@ use crate::args::{Args, normalized_prefix, split_pair};
 use crate::backends::{OutlierPolicy, Pool};
 use crate::discovery::{self, Target};
 use crate::metrics::Metrics;
+use llmserve_openai::body::BodyLimits;
+use llmserve_openai::serve::Limits;
 
 /// Logs as JSON lines or text, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing(format: &str) {
@@ -93,7 +95,10 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         ));
     }
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs_f64(args.connect_timeout_seconds))
+        .connect_timeout(positive("connect-timeout-seconds", args.connect_timeout_seconds)?)
+        // Below the replicas' keep-alive limit (their --header-timeout-seconds, 60 s by default),
+        // so the router never sends on a connection the replica is closing.
+        .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .no_proxy()
         .build()?;
@@ -107,11 +112,20 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         metrics,
         registry,
         client,
-        max_body_bytes: args.max_body_bytes,
-        response_timeout: Duration::from_secs_f64(args.response_timeout_seconds),
+        body: BodyLimits {
+            max_bytes: args.max_body_bytes,
+            timeout: positive("body-timeout-seconds", args.body_timeout_seconds)?,
+        },
+        response_timeout: positive("response-timeout-seconds", args.response_timeout_seconds)?,
+        request_timeout: positive("request-timeout-seconds", args.request_timeout_seconds)?,
         synced,
         created,
     })
+}
+
+/// A timeout flag: finite and positive.
+fn positive(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    llmserve_openai::serve::positive_seconds(flag, value).map_err(anyhow::Error::msg)
 }
 
 /// A duration flag: finite and not negative.
@@ -152,7 +166,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, models = ?state.pool.models(), prefix = %prefix, "routing");
-    let serving = llmserve_openai::serve::spawn(listener, api::app(state, &prefix));
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    let limits = Limits {
+        max_connections: args.max_connections,
+        header_timeout: positive("header-timeout-seconds", args.header_timeout_seconds)?,
+    };
+    let connections = state.metrics.connections.clone();
+    let serving = llmserve_openai::serve::spawn(listener, api::app(state, &prefix), limits, connections);
     llmserve_openai::serve::shutdown_signal().await;
     serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
     Ok(())

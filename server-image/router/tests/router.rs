@@ -424,3 +424,86 @@ async fn a_replica_that_dies_is_ejected_and_the_other_serves_everything() {
     let served = r#"llmserve_http_requests_total{model="alpha",route="/v1/completions",status_class="2xx"}"#;
     assert!(sample(&healthy.url, served).await >= Some(20.0), "the healthy replica served the rest");
 }
+
+/// A stand-in replica that answers every request with an SSE stream of `parts` chunks, one every
+/// 200 ms, and then goes silent without closing. What it does is the point: no real replica can
+/// be made to hang mid-stream on demand.
+async fn hanging_replica(parts: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65536];
+                let _ = tcp.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = tcp.write_all(head.as_bytes()).await;
+                for _ in 0..parts {
+                    let event = "data: {\"choices\":[{\"index\":0,\"text\":\"x\"}]}\n\n";
+                    let _ = tcp.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    url
+}
+
+/// Streams are bounded twice: a replica silent for `--response-timeout-seconds` mid-stream fails
+/// the request (and counts against the replica), and no request outlives
+/// `--request-timeout-seconds`. Either way the client gets an error event, not a hung stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_or_runs_too_long_ends_with_an_error_event() {
+    let stalls = hanging_replica(2).await;
+    let endless = hanging_replica(usize::MAX).await;
+    let mut args = backend("stalls", &stalls).to_vec();
+    args.extend(backend("endless", &endless));
+    args.extend(["--response-timeout-seconds", "1", "--request-timeout-seconds", "3"].map(String::from));
+    args.extend(["--health-check-interval-seconds", "0"].map(String::from));
+    let r = router(&args, &[]);
+    for (model, expected) in [("stalls", "sent nothing for 1 s"), ("endless", "request timeout")] {
+        let mut body = completion(model, 8);
+        body["stream"] = true.into();
+        let started = Instant::now();
+        let text =
+            tokio::time::timeout(Duration::from_secs(20), post_text(&format!("{}/v1/completions", r.url), &body))
+                .await
+                .unwrap_or_else(|_| panic!("the {model} stream was never cut off"));
+        let last = text.trim_end().lines().last().unwrap_or_default().to_string();
+        let event: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap_or(Value::Null);
+        assert_eq!(event["error"]["code"], "timeout", "{model}: {text}");
+        assert!(event["error"]["message"].as_str().unwrap_or_default().contains(expected), "{model}: {text}");
+        assert!(text.contains(r#""text":"x""#), "{model}: the parts before the cut arrived: {text}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+    let m = metrics_text(&r.url).await;
+    assert!(m.contains(r#"llmserve_router_requests_in_flight{model="stalls"} 0"#), "{m}");
+    assert!(m.contains(r#"llmserve_router_requests_in_flight{model="endless"} 0"#), "{m}");
+}
+
+/// The router's connection cap and header timeout come from its flags (the front itself is tested in
+/// `llmserve-openai`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routers_connection_cap_follows_its_flag() {
+    use llmserve_test_support::raw::{closed, hold, json_body, post as raw_post, response};
+    use tokio::io::AsyncWriteExt;
+    let alpha = Server::start("alpha", &["--disable-engine-metrics"]);
+    let mut args = backend("alpha", &alpha.url).to_vec();
+    args.extend(["--max-connections", "2", "--header-timeout-seconds", "1"].map(String::from));
+    let r = router(&args, &[]);
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut held = vec![hold(&addr).await, hold(&addr).await];
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    over.write_all(raw_post("/v1/completions", &completion("alpha", 2).to_string()).as_bytes()).await.unwrap();
+    let answer = response(&mut over).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "too_many_connections", "{answer}");
+    for tcp in &mut held {
+        assert!(closed(tcp).await, "an idle connection outlived --header-timeout-seconds");
+    }
+    let (status, _, _) = post(&format!("{}/v1/completions", r.url), completion("alpha", 2)).await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&r.url, "llmserve_router_connections_refused_total").await, Some(1.0));
+}

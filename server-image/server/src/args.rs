@@ -69,6 +69,16 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, env = "LLMSERVE_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a request body may take to arrive, from when its headers did (408 after).
+    #[arg(long, env = "LLMSERVE_BODY_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub body_timeout_seconds: f64,
+    /// Seconds a connection may take to send a request's headers, counted from when it opened or
+    /// its previous response ended (so also how long an idle keep-alive connection stays open).
+    #[arg(long, env = "LLMSERVE_HEADER_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub header_timeout_seconds: f64,
+    /// Connections open at once; the ones over it are answered 503 with `Retry-After` and closed.
+    #[arg(long, env = "LLMSERVE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Export no `vllm:*` engine metrics (service-level HTTP metrics stay).
     #[arg(long, env = "LLMSERVE_DISABLE_ENGINE_METRICS")]
     pub disable_engine_metrics: bool,

@@ -1,6 +1,7 @@
 //! Service-level HTTP metrics, always on (also with `--disable-engine-metrics`). Labels are
 //! bounded: route template, model id, status class.
 
+use llmserve_openai::serve::ConnectionMetrics;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Requests by route template, model and status class (`2xx` ...).
@@ -13,9 +14,20 @@ pub const HTTP_REQUESTS_IN_FLIGHT: &str = "llmserve_http_requests_in_flight";
 /// Requests refused for backpressure, by reason (`queue_full`: the waiting queue was full, 429).
 pub const HTTP_REQUESTS_REJECTED_TOTAL: &str = "llmserve_http_requests_rejected_total";
 
+/// Connections open now.
+pub const HTTP_CONNECTIONS_OPEN: &str = "llmserve_http_connections_open";
+/// Connections answered 503 and closed because `--max-connections` were open.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "llmserve_http_connections_refused_total";
+
 /// Every HTTP family as exposed on `/metrics`.
-pub const HTTP_FAMILIES: &[&str] =
-    &[HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_REJECTED_TOTAL];
+pub const HTTP_FAMILIES: &[&str] = &[
+    HTTP_REQUESTS_TOTAL,
+    HTTP_REQUEST_DURATION_SECONDS,
+    HTTP_REQUESTS_IN_FLIGHT,
+    HTTP_REQUESTS_REJECTED_TOTAL,
+    HTTP_CONNECTIONS_OPEN,
+    HTTP_CONNECTIONS_REFUSED_TOTAL,
+];
 
 /// Reasons of [`HTTP_REQUESTS_REJECTED_TOTAL`].
 pub const REJECTED_QUEUE_FULL: &str = "queue_full";
@@ -31,6 +43,8 @@ pub struct HttpMetrics {
     pub in_flight: IntGaugeVec,
     /// See [`HTTP_REQUESTS_REJECTED_TOTAL`].
     pub rejected: IntCounterVec,
+    /// See [`HTTP_CONNECTIONS_OPEN`] and [`HTTP_CONNECTIONS_REFUSED_TOTAL`].
+    pub connections: ConnectionMetrics,
     model: String,
 }
 
@@ -63,7 +77,8 @@ impl HttpMetrics {
             in_flight.with_label_values(&[route, model]).set(0);
         }
         rejected.with_label_values(&[model, REJECTED_QUEUE_FULL]).reset();
-        Ok(HttpMetrics { requests, duration, in_flight, rejected, model: model.to_string() })
+        let connections = ConnectionMetrics::register(registry, HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED_TOTAL)?;
+        Ok(HttpMetrics { requests, duration, in_flight, rejected, connections, model: model.to_string() })
     }
 
     /// The model label value.

@@ -12,7 +12,8 @@ use llmserve_engine::scheduler::SchedulerConfig;
 use llmserve_engine::tokenizer::Tokenizer;
 
 use crate::args::Args;
-use llmserve_openai::serve::shutdown_signal;
+use llmserve_openai::body::BodyLimits;
+use llmserve_openai::serve::{Limits, positive_seconds, shutdown_signal};
 
 use crate::state::{AppState, Loaded};
 
@@ -192,6 +193,7 @@ pub fn state(args: &Args) -> anyhow::Result<AppState> {
         ("--max-num-seqs", args.max_num_seqs),
         ("--max-num-batched-tokens", args.max_num_batched_tokens),
         ("--block-size", args.block_size),
+        ("--max-connections", args.max_connections),
     ] {
         if value == 0 {
             anyhow::bail!("{flag} must be at least 1");
@@ -204,7 +206,11 @@ pub fn state(args: &Args) -> anyhow::Result<AppState> {
     let cfg = ModelConfig::load(&dir)?;
     let max_model_len = args.max_model_len.unwrap_or(cfg.max_position_embeddings).min(cfg.max_position_embeddings);
     let id = args.served_name();
-    Ok(AppState::new(id, max_model_len, args.max_body_bytes, prometheus::Registry::new())?)
+    let body = BodyLimits {
+        max_bytes: args.max_body_bytes,
+        timeout: positive_seconds("body-timeout-seconds", args.body_timeout_seconds).map_err(anyhow::Error::msg)?,
+    };
+    Ok(AppState::new(id, max_model_len, body, prometheus::Registry::new())?)
 }
 
 /// Serves until SIGTERM or Ctrl-C, then stops taking requests and gives running ones the grace
@@ -218,7 +224,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (args, state) = (args.clone(), state.clone());
         tokio::task::spawn_blocking(move || load(&args, &state))
     };
-    let serving = llmserve_openai::serve::spawn(listener, crate::api::app(state.clone()));
+    let limits = Limits {
+        max_connections: args.max_connections,
+        header_timeout: positive_seconds("header-timeout-seconds", args.header_timeout_seconds)
+            .map_err(anyhow::Error::msg)?,
+    };
+    let serving =
+        llmserve_openai::serve::spawn(listener, crate::api::app(state.clone()), limits, state.http.connections.clone());
     tokio::select! {
         res = loader => {
             res??;

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use llmserve_engine::engine::EngineHandle;
 use llmserve_engine::tokenizer::Tokenizer;
+use llmserve_openai::body::BodyLimits;
 
 use crate::http_metrics::HttpMetrics;
 
@@ -32,8 +33,8 @@ pub struct Inner {
     pub model_id: String,
     /// Longest prompt + completion.
     pub max_model_len: usize,
-    /// Largest request body accepted.
-    pub max_body_bytes: usize,
+    /// Largest request body accepted, and how long it may take to arrive.
+    pub body: BodyLimits,
     /// Set once the model is loaded; `/health` is ready from then on.
     pub loaded: OnceLock<Loaded>,
     /// Every metric family (engine and HTTP).
@@ -57,7 +58,7 @@ impl AppState {
     pub fn new(
         model_id: String,
         max_model_len: usize,
-        max_body_bytes: usize,
+        body: BodyLimits,
         registry: prometheus::Registry,
     ) -> prometheus::Result<Self> {
         let http = HttpMetrics::register(&registry, &model_id)?;
@@ -66,7 +67,7 @@ impl AppState {
         Ok(AppState(Arc::new(Inner {
             model_id,
             max_model_len,
-            max_body_bytes,
+            body,
             loaded: OnceLock::new(),
             registry,
             http,

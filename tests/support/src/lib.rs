@@ -5,6 +5,7 @@
 
 pub mod control_plane;
 pub mod process;
+pub mod raw;
 pub mod server;
 
 use std::path::PathBuf;

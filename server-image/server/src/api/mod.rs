@@ -25,7 +25,7 @@ pub use llmserve_openai::routes::{CHAT_COMPLETIONS, COMPLETIONS, HEALTH, METRICS
 
 /// The server's router.
 pub fn app(state: AppState) -> Router {
-    let limit = state.max_body_bytes;
+    let limit = state.body.max_bytes;
     Router::new()
         .route(MODELS, get(models::list))
         .route(MODEL, get(models::get_one))
@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route(HEALTH, get(health))
         .route(METRICS, get(metrics))
         .fallback(|| async { error::ApiError::no_route() })
+        .layer(middleware::from_fn_with_state(state.body, llmserve_openai::body::buffered))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -63,7 +64,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let resp = next.run(req).await;
     let mut resp = if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
         // axum's own body-limit rejection, in the OpenAI envelope.
-        error::ApiError::too_large(state.max_body_bytes).into_response()
+        error::ApiError::too_large(state.body.max_bytes).into_response()
     } else {
         resp
     };

@@ -1,0 +1,77 @@
+//! `llmserve-server`'s connection limits come from its flags: the cap answers 503 in OpenAI's
+//! envelope, slow headers and bodies are cut off, an oversized body gets its 413 after the
+//! server read it, not a reset connection. (The front itself is tested in `llmserve-openai`.)
+
+use llmserve_test_support::raw::{closed, hold, json_body, post, response};
+use llmserve_test_support::server::Server;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn connection_cap_and_timeouts_follow_the_flags() {
+    let server = Server::start(
+        "m",
+        &[
+            "--max-connections",
+            "2",
+            "--header-timeout-seconds",
+            "1",
+            "--body-timeout-seconds",
+            "1",
+            "--max-body-bytes",
+            "1024",
+        ],
+    );
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut held = vec![hold(&addr).await, hold(&addr).await];
+    let mut over = TcpStream::connect(&addr).await.unwrap();
+    over.write_all(post("/v1/completions", r#"{"model": "m", "prompt": "Hi"}"#).as_bytes()).await.unwrap();
+    let answer = response(&mut over).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "too_many_connections", "{answer}");
+    // The held connections idle past --header-timeout-seconds and are closed, freeing the slots.
+    for tcp in &mut held {
+        assert!(closed(tcp).await, "an idle connection outlived --header-timeout-seconds");
+    }
+    let mut slow = hold(&addr).await;
+    let head =
+        "POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n";
+    slow.write_all(format!("{head}{{\"model\"").as_bytes()).await.unwrap();
+    let answer = response(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    drop(slow);
+    // 5 MiB declared and sent over a 1 KiB limit: read and dropped, then a 413.
+    let mut big = hold(&addr).await;
+    let body = format!(r#"{{"model": "m", "prompt": "{}"}}"#, "x".repeat(5 << 20));
+    let (mut rd, mut wr) = big.split();
+    let send = async {
+        let _ = wr.write_all(post("/v1/completions", &body).as_bytes()).await;
+    };
+    let ((), answer) = tokio::join!(send, response_of(&mut rd));
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(json_body(&answer)["error"]["code"], "request_too_large", "{answer}");
+    drop(big);
+    let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "llmserve_http_connections_refused_total 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("llmserve_http_connections_open ")), "{metrics}");
+}
+
+/// [`response`] for the read half of a split stream.
+async fn response_of(rd: &mut tokio::net::tcp::ReadHalf<'_>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(llmserve_test_support::raw::PATIENCE, async {
+        while let Ok(n) = rd.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).ends_with('}') {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
