@@ -30,6 +30,9 @@ H = 'namespace=~"$namespace", llmserve_app=~"$application", model=~"$model", pod
 R = 'namespace=~"$namespace", llmserve_app=~"$application", model=~"$model"'
 OP = 'namespace=~"$namespace"'
 R2XX = R + ', status_class="2xx"'
+# Per-process families without a `model` label (connections).
+APP = 'namespace=~"$namespace", llmserve_app=~"$application"'
+APP_POD = APP + ', pod=~"$replica"'
 WINDOW = "$interval"
 
 
@@ -464,6 +467,33 @@ SERVING = [
                 [
                     (f"sum by (model) (llmserve_router_requests_in_flight{{{R}}})", "in flight {{model}}"),
                     (f"sum by (model) (llmserve_router_ready_replicas{{{R}}})", "ready replicas {{model}}"),
+                ],
+            ),
+            (
+                "Replica picks by reason",
+                "timeseries",
+                "reqps",
+                "How the routing policy chose replicas: affinity (the prefix's own replica), overflow (the next "
+                "one, over the load bound), fallback (no prefix or stale engine figures), least_outstanding.",
+                [(rate("llmserve_router_picks_total", R, "model, policy, reason"), "{{model}} {{policy}} {{reason}}")],
+            ),
+            (
+                "Retries, ejections, refused connections",
+                "timeseries",
+                "short",
+                "Requests retried on another replica, replicas ejected for failures, and connections the router "
+                "and the model servers refused at their connection cap (per second).",
+                [
+                    (rate("llmserve_router_retries_total", R, "model"), "retries {{model}}"),
+                    (rate("llmserve_router_ejections_total", R, "model"), "ejections {{model}}"),
+                    (
+                        f"sum(rate(llmserve_router_connections_refused_total{{{APP}}}[{WINDOW}]))",
+                        "refused at the router",
+                    ),
+                    (
+                        f"sum by (pod) (rate(llmserve_http_connections_refused_total{{{APP_POD}}}[{WINDOW}]))",
+                        "refused at {{pod}}",
+                    ),
                 ],
             ),
         ],

@@ -70,6 +70,29 @@ pub struct Args {
     /// replica until a check passes); 0 turns them off.
     #[arg(long, env = "LLMSERVE_ROUTER_HEALTH_CHECK_INTERVAL_SECONDS", default_value_t = 5.0)]
     pub health_check_interval_seconds: f64,
+    /// How a replica is picked: `leastOutstanding` (fewest requests in flight), `prefixHash`
+    /// (consistent hashing with bounded loads over the prompt's prefix, so that shared prefixes
+    /// meet the replica that has them cached) or `kvAware` (prefix affinity weighed against each
+    /// replica's own queue and KV-cache use, read from its `/metrics`).
+    #[arg(
+        long,
+        env = "LLMSERVE_ROUTER_ROUTING_POLICY",
+        default_value = "leastOutstanding",
+        value_parser = ["leastOutstanding", "prefixHash", "kvAware"]
+    )]
+    pub routing_policy: String,
+    /// `prefixHash`/`kvAware`: characters of the prompt, or of the chat messages rendered as
+    /// `role: content` lines, that make the prefix key.
+    #[arg(long, env = "LLMSERVE_ROUTER_PREFIX_CHARS", default_value_t = 1024)]
+    pub prefix_chars: usize,
+    /// `prefixHash`/`kvAware`: no replica takes more than this times the mean number of requests
+    /// in flight (`1 + epsilon` of consistent hashing with bounded loads); at least 1.
+    #[arg(long, env = "LLMSERVE_ROUTER_LOAD_FACTOR", default_value_t = 1.25)]
+    pub load_factor: f64,
+    /// `kvAware`: seconds between reads of each replica's `/metrics`; figures older than three
+    /// intervals are stale, and picks fall back to `leastOutstanding`.
+    #[arg(long, env = "LLMSERVE_ROUTER_ENGINE_METRICS_INTERVAL_SECONDS", default_value_t = 1.0)]
+    pub engine_metrics_interval_seconds: f64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

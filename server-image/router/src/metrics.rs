@@ -2,6 +2,8 @@
 //! ids the application does not serve), route template, status class.
 
 use llmserve_openai::serve::ConnectionMetrics;
+
+use crate::routing::{Policy, Reason};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Requests by model, route template and status class.
@@ -23,6 +25,9 @@ pub const READY_REPLICAS: &str = "llmserve_router_ready_replicas";
 /// Replicas taken out of the pool for failing requests in a row or their health check, per model.
 pub const EJECTIONS_TOTAL: &str = "llmserve_router_ejections_total";
 
+/// Replicas picked, by model, routing policy and reason (`affinity`, `overflow`, `fallback`,
+/// `least_outstanding`).
+pub const PICKS_TOTAL: &str = "llmserve_router_picks_total";
 /// Connections open now.
 pub const CONNECTIONS_OPEN: &str = "llmserve_router_connections_open";
 /// Connections answered 503 and closed because `--max-connections` were open.
@@ -39,6 +44,7 @@ pub const FAMILIES: &[&str] = &[
     RETRIES_TOTAL,
     READY_REPLICAS,
     EJECTIONS_TOTAL,
+    PICKS_TOTAL,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED_TOTAL,
 ];
@@ -70,14 +76,16 @@ pub struct Metrics {
     pub ready_replicas: IntGaugeVec,
     /// See [`EJECTIONS_TOTAL`].
     pub ejections: IntCounterVec,
+    /// See [`PICKS_TOTAL`].
+    pub picks: IntCounterVec,
     /// See [`CONNECTIONS_OPEN`] and [`CONNECTIONS_REFUSED_TOTAL`].
     pub connections: ConnectionMetrics,
 }
 
 impl Metrics {
-    /// Registers every family on `registry`, with zero-valued series for each of `models` so that
-    /// rates exist before the first request.
-    pub fn register(registry: &Registry, models: &[String]) -> prometheus::Result<Self> {
+    /// Registers every family on `registry`, with zero-valued series for each of `models` (and
+    /// each pick reason of `policy`) so that rates exist before the first request.
+    pub fn register(registry: &Registry, models: &[String], policy: Policy) -> prometheus::Result<Self> {
         let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
         let histogram = |name: &str, help: &str| {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model", "route"])
@@ -124,6 +132,11 @@ impl Metrics {
                 "Replicas ejected from the pool for failing requests in a row or their health check.",
                 &["model"],
             )?,
+            picks: counter(
+                PICKS_TOTAL,
+                "Replicas picked by the routing policy, by reason.",
+                &["model", "policy", "reason"],
+            )?,
             connections: ConnectionMetrics::register(registry, CONNECTIONS_OPEN, CONNECTIONS_REFUSED_TOTAL)?,
         };
         registry.register(Box::new(m.requests.clone()))?;
@@ -135,6 +148,7 @@ impl Metrics {
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.ready_replicas.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
+        registry.register(Box::new(m.picks.clone()))?;
         for model in models {
             m.prompt_tokens.with_label_values(&[model]).reset();
             m.completion_tokens.with_label_values(&[model]).reset();
@@ -142,6 +156,9 @@ impl Metrics {
             m.retries.with_label_values(&[model]).reset();
             m.ready_replicas.with_label_values(&[model]).set(0);
             m.ejections.with_label_values(&[model]).reset();
+            for reason in Reason::ALL {
+                m.picks.with_label_values(&[model, policy.name(), reason.label()]).reset();
+            }
         }
         Ok(m)
     }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::api::AppState;
 use crate::backends::Lease;
 use crate::metrics::{Metrics, UNKNOWN_MODEL};
+use crate::routing::prefix_key;
 use crate::sse::{Usage, UsageFilter};
 
 /// Request headers passed on to the replica.
@@ -80,8 +81,9 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
         Some(_) => bytes, // not an object: the replica answers the error
     };
 
+    let key = state.pool.routing().affinity().and_then(|a| prefix_key(&req, a.prefix_chars));
     let tracker = Tracker::new(state.metrics.clone(), model.clone(), route, start);
-    let (upstream, lease) = match send(&state, &model, route, &headers, body).await {
+    let (upstream, lease) = match send(&state, &model, route, &headers, body, key.as_deref()).await {
         Ok(r) => r,
         Err(err) => {
             tracker.count(err.status);
@@ -163,11 +165,13 @@ async fn send(
     route: &str,
     headers: &HeaderMap,
     body: Bytes,
+    key: Option<&str>,
 ) -> Result<(reqwest::Response, Lease), ApiError> {
     let mut refused: Option<String> = None;
     let mut unavailable: Option<(reqwest::Response, Lease)> = None;
     for attempt in 0..2 {
-        let Some(lease) = state.pool.pick(model, refused.as_deref()) else { break };
+        let Some((lease, reason)) = state.pool.pick(model, refused.as_deref(), key) else { break };
+        state.metrics.picks.with_label_values(&[model, state.pool.routing().name(), reason.label()]).inc();
         if attempt == 1 {
             state.metrics.retries.with_label_values(&[model]).inc();
         }

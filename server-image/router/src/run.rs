@@ -9,6 +9,7 @@ use crate::args::{Args, normalized_prefix, split_pair};
 use crate::backends::{OutlierPolicy, Pool};
 use crate::discovery::{self, Target};
 use crate::metrics::Metrics;
+use crate::routing::{self, Affinity, Policy};
 use llmserve_openai::body::BodyLimits;
 use llmserve_openai::serve::Limits;
 
@@ -71,12 +72,14 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         base_ejection: seconds("outlier-base-ejection-seconds", args.outlier_base_ejection_seconds)?,
         max_ejection: seconds("outlier-max-ejection-seconds", args.outlier_max_ejection_seconds)?,
     };
-    let pool = Arc::new(Pool::with_policy(models.clone(), policy));
+    let routing = routing_policy(args)?;
+    let every = positive("engine-metrics-interval-seconds", args.engine_metrics_interval_seconds)?;
+    let pool = Arc::new(Pool::with_routing(models.clone(), policy, routing, routing::stale_after(every)));
     for (model, urls) in &statics {
         pool.set(model, urls);
     }
     let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry, &models)?;
+    let metrics = Metrics::register(&registry, &models, routing)?;
     let synced = Arc::new(AtomicBool::new(targets.is_empty()));
     // One TLS provider for the process (the workspace's reqwest and kube are built without one).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -102,6 +105,9 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         .tcp_nodelay(true)
         .no_proxy()
         .build()?;
+    if let Policy::KvAware(_) = routing {
+        tokio::spawn(engine_loads(pool.clone(), client.clone(), every));
+    }
     if args.health_check_interval_seconds > 0.0 {
         let every = seconds("health-check-interval-seconds", args.health_check_interval_seconds)?;
         tokio::spawn(health_checks(pool.clone(), client.clone(), metrics.clone(), every));
@@ -121,6 +127,46 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         synced,
         created,
     })
+}
+
+/// The routing policy the flags name.
+fn routing_policy(args: &Args) -> anyhow::Result<Policy> {
+    if !(args.load_factor.is_finite() && args.load_factor >= 1.0) {
+        anyhow::bail!("--load-factor must be a number of at least 1, got {}", args.load_factor);
+    }
+    if args.prefix_chars == 0 {
+        anyhow::bail!("--prefix-chars must be at least 1");
+    }
+    let affinity = Affinity { prefix_chars: args.prefix_chars, load_factor: args.load_factor };
+    Ok(match args.routing_policy.as_str() {
+        "prefixHash" => Policy::PrefixHash(affinity),
+        "kvAware" => Policy::KvAware(affinity),
+        _ => Policy::LeastOutstanding,
+    })
+}
+
+/// `kvAware`'s eyes: every `every`, each replica's `/metrics` (1 s at most), parsed into its
+/// engine figures; a replica that does not answer, or exports no engine metrics, has none.
+async fn engine_loads(pool: Arc<Pool>, client: reqwest::Client, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reads = pool.all_replicas().into_iter().map(|(_, replica)| {
+            let client = client.clone();
+            async move {
+                let url = format!("{}/metrics", replica.url);
+                let answer = client.get(&url).timeout(Duration::from_secs(1)).send().await;
+                let text = match answer {
+                    Ok(r) if r.status().is_success() => r.text().await.ok(),
+                    _ => None,
+                };
+                let load = text.and_then(|t| routing::parse_engine_load(&t, std::time::Instant::now()));
+                replica.set_engine_load(load);
+            }
+        });
+        futures::future::join_all(reads).await;
+    }
 }
 
 /// A timeout flag: finite and positive.

@@ -507,3 +507,63 @@ async fn the_routers_connection_cap_follows_its_flag() {
     assert_eq!(status, 200);
     assert_eq!(sample(&r.url, "llmserve_router_connections_refused_total").await, Some(1.0));
 }
+
+/// 2xx completions each server answered.
+async fn answered(servers: &[&Server]) -> Vec<f64> {
+    let series =
+        |m: &str| format!(r#"llmserve_http_requests_total{{model="{m}",route="/v1/completions",status_class="2xx"}}"#);
+    let mut out = Vec::new();
+    for s in servers {
+        out.push(sample(&s.url, &series(&s.model)).await.unwrap_or(0.0));
+    }
+    out
+}
+
+/// `prefixHash` against real replicas: one prefix keeps to one replica while that replica is under
+/// its load bound, spills over when it is not, and moves when its replica leaves (here: killed,
+/// then ejected by the failed requests and health checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefix_hash_keeps_a_prefix_on_one_replica_spills_over_and_moves_on_ejection() {
+    let servers: Vec<Server> = (0..3).map(|_| Server::start("alpha", &["--enable-prefix-caching"])).collect();
+    let refs: Vec<&Server> = servers.iter().collect();
+    let mut args: Vec<String> = servers.iter().flat_map(|s| backend("alpha", &s.url)).collect();
+    args.extend(["--routing-policy", "prefixHash", "--health-check-interval-seconds", "1"].map(String::from));
+    args.extend(["--outlier-consecutive-failures", "1"].map(String::from));
+    let r = router(&args, &[]);
+    let url = format!("{}/v1/completions", r.url);
+    let prompt = "Once upon a time, there was a little robot who loved to paint the sky.";
+    let body = json!({"model": "alpha", "prompt": prompt, "max_tokens": 2, "temperature": 0});
+    for _ in 0..6 {
+        assert_eq!(post(&url, body.clone()).await.0, 200);
+    }
+    let counts = answered(&refs).await;
+    let home = counts.iter().position(|&c| c == 6.0).unwrap_or_else(|| panic!("one replica takes all: {counts:?}"));
+    let picks =
+        |reason: &str| format!(r#"llmserve_router_picks_total{{model="alpha",policy="prefixHash",reason="{reason}"}}"#);
+    assert_eq!(sample(&r.url, &picks("affinity")).await, Some(6.0));
+
+    // Six long streams at once on the same prefix: the bound (1.25 x the mean) caps the home.
+    let mut long = body.clone();
+    long["max_tokens"] = 200.into();
+    long["ignore_eos"] = true.into();
+    let before = answered(&refs).await;
+    let all = futures::future::join_all((0..6).map(|_| post(&url, long.clone()))).await;
+    assert!(all.iter().all(|(s, _, _)| *s == 200));
+    let after = answered(&refs).await;
+    let took: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(took[home] >= 1.0 && took[home] <= 3.0, "the home replica took {took:?}");
+    assert!(sample(&r.url, &picks("overflow")).await.unwrap_or(0.0) >= 1.0, "the hot prefix spilled over");
+
+    // The home replica goes away: the prefix moves to one other replica, and stays there.
+    let mut servers = servers;
+    let gone = servers.remove(home);
+    let _ = gone.terminate();
+    let rest: Vec<&Server> = servers.iter().collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = answered(&rest).await;
+    for _ in 0..5 {
+        assert_eq!(post(&url, body.clone()).await.0, 200, "requests survive the replica's exit");
+    }
+    let took: Vec<f64> = answered(&rest).await.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(took.contains(&5.0), "the prefix has one new home: {took:?}");
+}
