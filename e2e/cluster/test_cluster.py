@@ -198,7 +198,7 @@ def test_scrape(app):
     sms = [
         s["metadata"]["name"] for s in c.get("servicemonitors.monitoring.coreos.com", "-n", NS, "-l", INSTANCE)["items"]
     ]
-    assert sorted(sms) == sorted([f"{APP}-router", f"{APP}-{MODEL}"]), f"ServiceMonitors: {sms}"
+    assert sorted(sms) == sorted([f"{APP}-router", f"{APP}--{MODEL}"]), f"ServiceMonitors: {sms}"
     pods = {p["metadata"]["name"] for p in c.get("pods", "-n", NS, "-l", INSTANCE)["items"]}
 
     def scraped():
@@ -235,7 +235,7 @@ def test_scrape(app):
 def test_autoscale(app):
     """Load above targetOngoingRequests: the HPA goes 1 -> 2, both replicas serve, and back to 1."""
     c, summary = app.c, app.summary
-    hpa_name = f"{APP}-{MODEL}"
+    hpa_name = f"{APP}--{MODEL}"
     timeline, reasons = [], []
 
     def sample():
@@ -297,7 +297,7 @@ def test_dashboards(app):
     c, summary = app.c, app.summary
     series = c.prometheus.series('count by (job) ({job=~".+"})')
     summary["series"] = {r["metric"].get("job", "?"): int(r["value"][1]) for r in series}
-    assert all(summary["series"].get(j) for j in (f"{APP}-router", f"{APP}-{MODEL}")), (
+    assert all(summary["series"].get(j) for j in (f"{APP}-router", f"{APP}--{MODEL}")), (
         f"series scraped per job: {summary['series']}"
     )
     summary["dashboards"] = dashboards(c)

@@ -14,7 +14,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -22,13 +22,13 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::MANAGER;
 use crate::build::{self, labels};
 use crate::crd::{LlmApplication, LlmApplicationStatus, ModelConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::status::{self, Cond, reasons, types};
 use crate::validate::validate;
+use crate::{MANAGER, ssa};
 
 /// A status condition's message is one line of at most this many bytes (the API allows 32 KiB; a
 /// person reads far less).
@@ -53,7 +53,15 @@ pub struct Context {
     pub metrics: Metrics,
     monitoring: Mutex<Option<(Instant, Monitoring)>>,
     failures: Mutex<HashMap<ObjectRef<LlmApplication>, u32>>,
+    /// Per application, the (uid, generation) this process last applied in full: ownership
+    /// checked, children applied and stale ones pruned. A generation not in here, a new spec or
+    /// the first reconcile since the operator started (an upgrade may have renamed children), gets
+    /// the full treatment.
+    settled: Mutex<HashMap<ObjectRef<LlmApplication>, Settled>>,
 }
+
+/// An application's uid and `metadata.generation`: a recreated app (same name, new uid) is new.
+type Settled = (String, Option<i64>);
 
 impl Context {
     /// A context publishing Events as `reporter`.
@@ -64,6 +72,7 @@ impl Context {
             metrics,
             monitoring: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -87,6 +96,21 @@ impl Context {
         };
         *self.monitoring.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), known));
         known
+    }
+
+    fn settled_key(app: &LlmApplication) -> (ObjectRef<LlmApplication>, Settled) {
+        (ObjectRef::from_obj(app), (app.uid().unwrap_or_default(), app.metadata.generation))
+    }
+
+    /// Whether this process has applied `app`'s current generation in full.
+    fn is_settled(&self, app: &LlmApplication) -> bool {
+        let (key, value) = Self::settled_key(app);
+        self.settled.lock().unwrap_or_else(PoisonError::into_inner).get(&key) == Some(&value)
+    }
+
+    fn settle(&self, app: &LlmApplication) {
+        let (key, value) = Self::settled_key(app);
+        self.settled.lock().unwrap_or_else(PoisonError::into_inner).insert(key, value);
     }
 
     async fn event(&self, app: &LlmApplication, type_: EventType, reason: &str, action: &str, note: String) {
@@ -212,14 +236,17 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     let desired = Desired::build(app);
     let observed_generation = app.status.as_ref().and_then(|s| s.observed_generation);
     let new_generation = observed_generation != app.metadata.generation;
+    // A new spec, or the first look since the operator started, may name children that exist
+    // already or leave some stale; steady-state reconciles skip the reads that find out.
+    let fresh = new_generation || !ctx.is_settled(app);
     let present = ctx.monitoring().await;
     let observe = app.spec.observability_enabled();
     let wanted =
         Wanted { monitors: observe && present.service_monitors, rules: observe && present.prometheus_rules, present };
 
     // === apply ===
-    // A new spec may name children that exist already; only this app's own may be written.
-    if new_generation && let Err(e) = check_ownership(ctx, app, &desired).await {
+    // Only this app's own children may be written.
+    if fresh && let Err(e) = check_ownership(ctx, app, &desired, wanted).await {
         if let Error::NameConflict { .. } = e {
             let msg = crate::text::one_line(&e.to_string(), MAX_MESSAGE_BYTES);
             tracing::warn!(app = %app.name_any(), error = %msg, "name conflict; nothing written");
@@ -244,10 +271,10 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
             return Err(e);
         }
     };
-    // Children only become stale when the spec changes, so steady-state reconciles skip the lists;
-    // so does an application never reconciled before, which can have no stale children.
-    let removed =
-        if new_generation && app.status.is_some() { prune(ctx, app, &desired, wanted).await? } else { Vec::new() };
+    // Children only become stale when the spec changes or an upgraded operator names them anew,
+    // so steady-state reconciles skip the lists; so does an application never reconciled before,
+    // which can have no stale children.
+    let removed = if fresh && app.status.is_some() { prune(ctx, app, &desired, wanted).await? } else { Vec::new() };
     for name in &removed {
         ctx.event(app, EventType::Normal, "Pruned", "Prune", format!("deleted {name}, no longer wanted by the spec"))
             .await;
@@ -286,6 +313,7 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     let models = applied.models.iter().map(|(id, d)| status::model_status(id, d)).collect();
     let previously_monitored = condition_status(app, types::MONITORED);
     update_status(ctx, app, &conds, app.metadata.generation, Some((models, build::router_url(app)))).await?;
+    ctx.settle(app);
     if new_generation {
         let note = format!(
             "applied {} model(s) and the router at generation {}",
@@ -332,23 +360,23 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
         let initial = model.autoscaling().map(|a| a.initial_replicas.unwrap_or(a.min_replicas)).unwrap_or(1);
         // Only an autoscaled model starting above one replica needs to know whether it is new.
         let is_new = initial > 1 && deployments.get_metadata_opt(&name).await?.is_none();
-        let mut live = deployments.patch(&name, &pp, &Patch::Apply(dep)).await.map_err(failed("Deployment", &name))?;
+        let mut live = deployments.patch(&name, &pp, &ssa::patch(dep)?).await.map_err(failed("Deployment", &name))?;
         if is_new {
             let replicas = json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": name}, "spec": {"replicas": initial},
             });
             live = deployments
-                .patch(&name, &PatchParams::apply(INITIAL_REPLICAS_MANAGER), &Patch::Apply(&replicas))
+                .patch(&name, &PatchParams::apply(INITIAL_REPLICAS_MANAGER), &ssa::patch(&replicas)?)
                 .await
                 .map_err(failed("Deployment", &name))?;
         }
-        services.patch(&name, &pp, &Patch::Apply(svc)).await.map_err(failed("Service", &name))?;
+        services.patch(&name, &pp, &ssa::patch(svc)?).await.map_err(failed("Service", &name))?;
         if let Some(hpa) = hpa {
-            hpas.patch(&name, &pp, &Patch::Apply(hpa)).await.map_err(failed("HorizontalPodAutoscaler", &name))?;
+            hpas.patch(&name, &pp, &ssa::patch(hpa)?).await.map_err(failed("HorizontalPodAutoscaler", &name))?;
         }
         if wanted.monitors {
-            sms.patch(&name, &pp, &Patch::Apply(sm)).await.map_err(failed("ServiceMonitor", &name))?;
+            sms.patch(&name, &pp, &ssa::patch(sm)?).await.map_err(failed("ServiceMonitor", &name))?;
         }
         models.push((model.model_id().to_string(), live));
     }
@@ -356,54 +384,83 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
     let (sa, role, binding) = &desired.router_rbac;
     let name = &router_name;
     Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .patch(name, &pp, &Patch::Apply(sa))
+        .patch(name, &pp, &ssa::patch(sa)?)
         .await
         .map_err(failed("ServiceAccount", name))?;
     Api::<Role>::namespaced(client.clone(), &ns)
-        .patch(name, &pp, &Patch::Apply(role))
+        .patch(name, &pp, &ssa::patch(role)?)
         .await
         .map_err(failed("Role", name))?;
     Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .patch(name, &pp, &Patch::Apply(binding))
+        .patch(name, &pp, &ssa::patch(binding)?)
         .await
         .map_err(failed("RoleBinding", name))?;
     let router = deployments
-        .patch(name, &pp, &Patch::Apply(&desired.router_deployment))
+        .patch(name, &pp, &ssa::patch(&desired.router_deployment)?)
         .await
         .map_err(failed("Deployment", name))?;
-    services.patch(name, &pp, &Patch::Apply(&desired.router_service)).await.map_err(failed("Service", name))?;
+    services.patch(name, &pp, &ssa::patch(&desired.router_service)?).await.map_err(failed("Service", name))?;
     if wanted.monitors {
-        sms.patch(name, &pp, &Patch::Apply(&desired.router_monitor)).await.map_err(failed("ServiceMonitor", name))?;
+        sms.patch(name, &pp, &ssa::patch(&desired.router_monitor)?).await.map_err(failed("ServiceMonitor", name))?;
     }
     if wanted.rules {
         let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());
         let rule_name = desired.rules.name_any();
         rules
-            .patch(&rule_name, &pp, &Patch::Apply(&desired.rules))
+            .patch(&rule_name, &pp, &ssa::patch(&desired.rules)?)
             .await
             .map_err(failed("PrometheusRule", &rule_name))?;
     }
     Ok(Applied { models, router })
 }
 
-/// Refuses to take over an existing Deployment or Service this application does not control:
-/// another application's (names can meet, as `a` + model `b-c` and `a-b` + model `c` do) or one
-/// made outside llmserve. Read before a new spec is applied, so steady-state reconciles cost nothing.
-async fn check_ownership(ctx: &Context, app: &LlmApplication, desired: &Desired) -> Result<()> {
+/// Refuses to take over an existing object of any kind this application writes but does not
+/// control: one made outside llmserve, or another controller's. Read before a new spec (or the
+/// first time after a start) is applied, so steady-state reconciles cost nothing.
+async fn check_ownership(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: Wanted) -> Result<()> {
     let ns = app.namespace().unwrap_or_default();
     let uid = app.uid().unwrap_or_default();
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let names = desired.models.iter().map(|(_, dep, ..)| dep.name_any()).chain([desired.router_deployment.name_any()]);
-    for name in names {
-        if let Some(d) = deployments.get_metadata_opt(&name).await.map_err(failed("Deployment", &name))? {
-            owned_by(&uid, "Deployment", &name, &d.metadata)?;
+    let client = &ctx.client;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
+    for (_, dep, _, hpa, _) in &desired.models {
+        let name = dep.name_any();
+        owns(&deployments, &uid, "Deployment", &name).await?;
+        owns(&services, &uid, "Service", &name).await?;
+        if hpa.is_some() {
+            owns(&hpas, &uid, "HorizontalPodAutoscaler", &name).await?;
         }
-        if let Some(s) = services.get_metadata_opt(&name).await.map_err(failed("Service", &name))? {
-            owned_by(&uid, "Service", &name, &s.metadata)?;
+        if wanted.monitors {
+            owns(&sms, &uid, "ServiceMonitor", &name).await?;
         }
     }
+    let name = desired.router_deployment.name_any();
+    owns(&deployments, &uid, "Deployment", &name).await?;
+    owns(&services, &uid, "Service", &name).await?;
+    owns(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), &uid, "ServiceAccount", &name).await?;
+    owns(&Api::<Role>::namespaced(client.clone(), &ns), &uid, "Role", &name).await?;
+    owns(&Api::<RoleBinding>::namespaced(client.clone(), &ns), &uid, "RoleBinding", &name).await?;
+    if wanted.monitors {
+        owns(&sms, &uid, "ServiceMonitor", &name).await?;
+    }
+    if wanted.rules {
+        let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());
+        owns(&rules, &uid, "PrometheusRule", &desired.rules.name_any()).await?;
+    }
     Ok(())
+}
+
+/// `Ok` when `kind` `name` does not exist or is controlled by the application with `uid`.
+async fn owns<K>(api: &Api<K>, uid: &str, kind: &'static str, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_metadata_opt(name).await.map_err(failed(kind, name))? {
+        Some(o) => owned_by(uid, kind, name, &o.metadata),
+        None => Ok(()),
+    }
 }
 
 /// Whether the object `kind` `name` is controlled by the application with `uid`; the conflict
@@ -432,9 +489,9 @@ fn failed(kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error +
     move |source| Error::Apply { kind, name, source }
 }
 
-/// Deletes children no longer desired: those of removed models, HPAs of models that switched to
-/// a fixed replica count, and ServiceMonitors and the PrometheusRule when observability is off.
-/// Returns the names deleted.
+/// Deletes children this application controls and no longer wants: those of removed models (or
+/// named by an older operator), HPAs of models that switched to a fixed replica count, and
+/// ServiceMonitors and the PrometheusRule when observability is off. Returns the names deleted.
 async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: Wanted) -> Result<Vec<String>> {
     let ns = app.namespace().unwrap_or_default();
     let client = &ctx.client;
@@ -451,58 +508,79 @@ async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
     let want: BTreeSet<String> = desired.models.iter().map(|(_, d, ..)| d.name_any()).collect();
     let want_hpa: BTreeSet<String> =
         desired.models.iter().filter_map(|(_, _, _, h, _)| h.as_ref().map(|h| h.name_any())).collect();
+    let uid = app.uid().unwrap_or_default();
     let mut removed = Vec::new();
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    for name in stale(deployments.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want) {
-        delete(&deployments, &name).await?;
-        removed.push(format!("Deployment/{name}"));
-    }
+    removed.extend(prune_listed(&deployments, &lp, &uid, "Deployment", &want).await?);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    for name in stale(services.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want) {
-        delete(&services, &name).await?;
-        removed.push(format!("Service/{name}"));
-    }
+    removed.extend(prune_listed(&services, &lp, &uid, "Service", &want).await?);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-    for name in stale(hpas.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want_hpa) {
-        delete(&hpas, &name).await?;
-        removed.push(format!("HorizontalPodAutoscaler/{name}"));
-    }
+    removed.extend(prune_listed(&hpas, &lp, &uid, "HorizontalPodAutoscaler", &want_hpa).await?);
     if wanted.present.service_monitors {
         let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
         let want_sm = if wanted.monitors { want.clone() } else { BTreeSet::new() };
-        for name in stale(sms.list_metadata(&lp).await?.items.iter().map(|o| o.name_any()), &want_sm) {
-            delete(&sms, &name).await?;
-            removed.push(format!("ServiceMonitor/{name}"));
-        }
-        let router_sm = desired.router_monitor.name_any();
-        if !wanted.monitors && sms.get_metadata_opt(&router_sm).await?.is_some() {
-            delete(&sms, &router_sm).await?;
-            removed.push(format!("ServiceMonitor/{router_sm}"));
+        removed.extend(prune_listed(&sms, &lp, &uid, "ServiceMonitor", &want_sm).await?);
+        if !wanted.monitors {
+            removed.extend(prune_named(&sms, &uid, "ServiceMonitor", &desired.router_monitor.name_any()).await?);
         }
     }
     if wanted.present.prometheus_rules && !wanted.rules {
         let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());
-        let name = desired.rules.name_any();
-        if rules.get_metadata_opt(&name).await?.is_some() {
-            delete(&rules, &name).await?;
-            removed.push(format!("PrometheusRule/{name}"));
+        removed.extend(prune_named(&rules, &uid, "PrometheusRule", &desired.rules.name_any()).await?);
+    }
+    Ok(removed)
+}
+
+/// Deletes the objects `lp` lists that the application with `uid` controls and `want` does not
+/// name; an object carrying the app's labels but someone else's (or no) controller stays.
+async fn prune_listed<K>(
+    api: &Api<K>,
+    lp: &ListParams,
+    uid: &str,
+    kind: &'static str,
+    want: &BTreeSet<String>,
+) -> Result<Vec<String>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut removed = Vec::new();
+    for o in api.list_metadata(lp).await?.items {
+        let name = o.name_any();
+        if !want.contains(&name) && owned_by(uid, kind, &name, &o.metadata).is_ok() {
+            delete(api, &name, o.metadata.uid.as_deref()).await?;
+            removed.push(format!("{kind}/{name}"));
         }
     }
     Ok(removed)
 }
 
-fn stale(names: impl Iterator<Item = String>, want: &BTreeSet<String>) -> Vec<String> {
-    names.filter(|n| !want.contains(n)).collect()
-}
-
-async fn delete<K>(api: &Api<K>, name: &str) -> Result<()>
+/// Deletes `kind` `name` if the application with `uid` controls it.
+async fn prune_named<K>(api: &Api<K>, uid: &str, kind: &'static str, name: &str) -> Result<Vec<String>>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::background()).await {
+    match api.get_metadata_opt(name).await? {
+        Some(o) if owned_by(uid, kind, name, &o.metadata).is_ok() => {
+            delete(api, name, o.metadata.uid.as_deref()).await?;
+            Ok(vec![format!("{kind}/{name}")])
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Deletes `name` if it is still the object with `uid` (read together with its owner), so an
+/// object made under the same name in between is left alone.
+async fn delete<K>(api: &Api<K>, name: &str, uid: Option<&str>) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut dp = DeleteParams::background();
+    dp.preconditions = uid.map(|uid| Preconditions { uid: Some(uid.to_string()), resource_version: None });
+    match api.delete(name, &dp).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        // Gone already, or replaced by another object (the uid precondition failed).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -531,7 +609,7 @@ async fn update_status(
         "kind": "LlmApplication",
         "status": next,
     });
-    api.patch_status(&app.name_any(), &apply_params(), &Patch::Apply(&patch)).await?;
+    api.patch_status(&app.name_any(), &apply_params(), &ssa::patch(&patch)?).await?;
     Ok(())
 }
 

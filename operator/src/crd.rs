@@ -36,7 +36,18 @@ pub const MAX_MODELS: usize = 32;
     printcolumn = r#"{"name":"Models","type":"string","jsonPath":".spec.models[*].modelLoadingConfig.modelId"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired model replicas",
         "jsonPath":".status.replicas"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The name is part of every child's name (see `build::names`) and a label value.
+    validation = Rule::new("size(self.metadata.name) <= 63").message(
+        "metadata.name must be at most 63 characters, since it names the application's Services and is a label value"
+    ),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
+        "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter and \
+            ending with a letter or digit), since it names the application's Services"
+    ),
+    validation = Rule::new("!self.metadata.name.contains('--')").message(
+        "metadata.name must not contain '--', which separates the application from the model in child names"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LlmApplicationSpec {

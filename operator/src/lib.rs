@@ -11,6 +11,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod run;
+pub mod ssa;
 pub mod status;
 pub mod text;
 pub mod usage;

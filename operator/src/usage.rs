@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, PatchParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
@@ -163,7 +163,7 @@ pub async fn run_once(
         ..Default::default()
     };
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(CONFIGMAP_NAME, &PatchParams::apply(crate::MANAGER).force(), &Patch::Apply(&cm))
+        .patch(CONFIGMAP_NAME, &PatchParams::apply(crate::MANAGER).force(), &crate::ssa::patch(&cm)?)
         .await?;
     if let Some(url) = report_url {
         let resp = reqwest::Client::new()

@@ -1,4 +1,5 @@
-//! Checks the schema cannot express: they need the object's name or compare derived names.
+//! Checks the schema cannot express: they compare derived names (see `build::names`), or guard
+//! objects stored before the CRD had a rule.
 //! A spec failing them is reported in status and an Event and waits for the next edit; nothing
 //! already running is touched.
 
@@ -6,11 +7,8 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 
-use crate::build::{label_value, model_object_name, router_name, slug};
+use crate::build::{MAX_NAME_LEN, is_dns_1035_label, label_value, model_object_name, slug};
 use crate::crd::LlmApplication;
-
-/// Longest name a Service (DNS-1035 label) may have, and so every child.
-pub const MAX_NAME_LEN: usize = 63;
 
 /// One thing wrong with a spec, with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,48 +29,46 @@ impl std::fmt::Display for SpecProblem {
 pub fn validate(app: &LlmApplication) -> Vec<SpecProblem> {
     let name = app.name_any();
     let mut problems = Vec::new();
-    let router = router_name(&name);
-    if router.len() > MAX_NAME_LEN {
+    // The CRD refuses such names on creation; an object stored before those rules keeps its name.
+    if !is_dns_1035_label(&name) || name.contains("--") {
         problems.push(SpecProblem {
             field: "metadata.name".into(),
             message: format!(
-                "router name {router:?} would exceed {MAX_NAME_LEN} characters; use a shorter application name"
+                "{name:?} must be a DNS-1035 label of at most {MAX_NAME_LEN} characters without \"--\" to name the \
+                    application's objects; recreate the application under such a name"
             ),
         });
     }
-    let mut seen: BTreeMap<String, (usize, &str)> = BTreeMap::new();
+    let mut names: BTreeMap<String, (usize, &str)> = BTreeMap::new();
+    let mut labels: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     for (i, model) in app.spec.models.iter().enumerate() {
         let id = model.model_id();
         let field = format!("spec.models[{i}].modelLoadingConfig.modelId");
         let child = model_object_name(&name, id);
-        if child.len() > MAX_NAME_LEN {
+        if slug(id).is_empty() {
+            problems.push(SpecProblem {
+                field: field.clone(),
+                message: format!("model id {id:?} has no ASCII letter or digit to name its objects by"),
+            });
+        } else if let Some((j, other)) = names.insert(child.clone(), (i, id)) {
+            let hint = if slug(id) == slug(other) {
+                "ids must differ in more than case and punctuation"
+            } else {
+                "their shortened names meet; change either id"
+            };
             problems.push(SpecProblem {
                 field: field.clone(),
                 message: format!(
-                    "object name {child:?} (application name + model id) exceeds {MAX_NAME_LEN} characters; shorten \
-                        the model id or the application name"
+                    "model id {id:?} names the same objects ({child:?}) as spec.models[{j}] ({other:?}); {hint}"
                 ),
             });
-        }
-        if label_value(id).len() > MAX_NAME_LEN {
-            problems.push(SpecProblem {
-                field: field.clone(),
-                message: format!("model id is longer than the {MAX_NAME_LEN} characters a label value allows"),
-            });
-        }
-        if slug(id) == "router" {
-            problems.push(SpecProblem {
-                field: field.clone(),
-                message: format!("model id {id:?} would name its objects like the application's router"),
-            });
-        }
-        if let Some((j, other)) = seen.insert(slug(id), (i, id)) {
+        } else if let Some((j, other)) = labels.insert(label_value(id), (i, id)) {
             problems.push(SpecProblem {
                 field: field.clone(),
                 message: format!(
-                    "model id {id:?} names the same objects ({child:?}) as spec.models[{j}] ({:?}); ids must differ in \
-                        more than case and punctuation",
-                    other
+                    "model id {id:?} has the same {} label value as spec.models[{j}] ({other:?}), so their \
+                        pods could not be told apart; change either id",
+                    crate::build::labels::MODEL_ID
                 ),
             });
         }

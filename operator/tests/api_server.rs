@@ -68,7 +68,7 @@ async fn ray_example_produces_every_child() {
     apply_app(&client, ns, &fixture("ray-example.yaml", "qwen")).await.unwrap();
 
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let d = wait_get(&deps, "qwen-qwen-0-5b").await;
+    let d = wait_get(&deps, "qwen--qwen-0-5b").await;
     let a = args(&d);
     assert!(a.contains(&"--disable-engine-metrics".to_string()), "logEngineMetrics: false reaches the engine: {a:?}");
     assert!(a.windows(2).any(|w| w == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]));
@@ -79,18 +79,18 @@ async fn ray_example_produces_every_child() {
     let managers: Vec<_> = d.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
     assert_eq!(managers, vec!["llmserve-operator".to_string()], "one field manager, server-side apply");
 
-    let svc = wait_get(&Api::<Service>::namespaced(client.clone(), ns), "qwen-qwen-0-5b").await;
+    let svc = wait_get(&Api::<Service>::namespaced(client.clone(), ns), "qwen--qwen-0-5b").await;
     assert!(svc.spec.unwrap().ports.unwrap().iter().any(|p| p.name.as_deref() == Some("metrics")));
-    let hpa = wait_get(&Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns), "qwen-qwen-0-5b").await;
+    let hpa = wait_get(&Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns), "qwen--qwen-0-5b").await;
     let hs = hpa.spec.unwrap();
     assert_eq!((hs.min_replicas, hs.max_replicas), (Some(1), 2));
     assert_eq!(hs.metrics.unwrap()[0].pods.as_ref().unwrap().metric.name, "llmserve_ongoing_requests");
     let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
-    let sm = wait_get(&sms, "qwen-qwen-0-5b").await;
+    let sm = wait_get(&sms, "qwen--qwen-0-5b").await;
     assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "metrics");
     wait_get(&sms, "qwen-router").await;
     let router = wait_get(&deps, "qwen-router").await;
-    assert!(args(&router).contains(&"qwen-0.5b=qwen-qwen-0-5b".to_string()));
+    assert!(args(&router).contains(&"qwen-0.5b=qwen--qwen-0-5b".to_string()));
     wait_get(&Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns), "qwen-router").await;
     wait_get(&Api::<Service>::namespaced(client.clone(), ns), "qwen-router").await;
 
@@ -124,7 +124,7 @@ async fn spec_change_keeps_the_replica_count_the_hpa_wrote() {
         json!({"minReplicas": 1, "maxReplicas": 4, "initialReplicas": 3});
     apply_app(&client, ns, &app).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let name = "chat-qwen-0-5b";
+    let name = "chat--qwen-0-5b";
     let d = eventually(WAIT, || async {
         let d = deps.get_opt(name).await.ok().flatten()?;
         (d.spec.as_ref()?.replicas == Some(3)).then_some(d)
@@ -175,7 +175,7 @@ async fn removing_a_model_removes_its_children() {
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &service_monitor_resource());
-    for name in ["two-qwen-0-5b", "two-stories"] {
+    for name in ["two--qwen-0-5b", "two--stories"] {
         wait_get(&deps, name).await;
         wait_get(&svcs, name).await;
         wait_get(&hpas, name).await;
@@ -185,15 +185,15 @@ async fn removing_a_model_removes_its_children() {
     app["spec"]["models"].as_array_mut().unwrap().pop();
     apply_app(&client, ns, &app).await.unwrap();
     eventually(WAIT, || async {
-        let gone = deps.get_opt("two-stories").await.ok()?.is_none()
-            && svcs.get_opt("two-stories").await.ok()?.is_none()
-            && hpas.get_opt("two-stories").await.ok()?.is_none()
-            && sms.get_opt("two-stories").await.ok()?.is_none();
+        let gone = deps.get_opt("two--stories").await.ok()?.is_none()
+            && svcs.get_opt("two--stories").await.ok()?.is_none()
+            && hpas.get_opt("two--stories").await.ok()?.is_none()
+            && sms.get_opt("two--stories").await.ok()?.is_none();
         gone.then_some(())
     })
     .await
     .expect("the removed model's Deployment, Service, HPA and ServiceMonitor are deleted");
-    assert!(deps.get_opt("two-qwen-0-5b").await.unwrap().is_some(), "the remaining model stays");
+    assert!(deps.get_opt("two--qwen-0-5b").await.unwrap().is_some(), "the remaining model stays");
     let router = deps.get("two-router").await.unwrap();
     assert!(!args(&router).iter().any(|a| a.starts_with("stories=")), "the router forgets the removed model");
     let evs = eventually(WAIT, || async {
@@ -262,6 +262,11 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
     app["spec"]["models"].as_array_mut().unwrap().push(dup);
     let msg = apply_app(&client, ns, &app).await.expect_err("duplicate modelId").to_string();
     assert!(msg.contains("spec.models") && msg.contains("modelId must be unique"), "{msg}");
+    // The name is part of every child's name: a DNS-1035 label without the `--` separator.
+    for (name, why) in [("x--y", "must not contain '--'"), (&"n".repeat(64), "at most 63 characters")] {
+        let msg = apply_app(&client, ns, &fixture("ray-example.yaml", name)).await.expect_err(name).to_string();
+        assert!(msg.contains("metadata.name") && msg.contains(why), "{name}: {msg}");
+    }
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
     assert!(apps.get_opt("bad").await.unwrap().is_none(), "nothing was stored");
 }
@@ -273,7 +278,7 @@ async fn a_spec_the_schema_cannot_catch_sets_a_condition_and_keeps_children() {
     let mut app = fixture("ray-example.yaml", "keep");
     apply_app(&client, ns, &app).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let before = wait_get(&deps, "keep-qwen-0-5b").await;
+    let before = wait_get(&deps, "keep--qwen-0-5b").await;
 
     // `Qwen-0.5B` passes the schema's uniqueness rule but would name the same objects.
     let mut twin = app["spec"]["models"][0].clone();
@@ -302,7 +307,7 @@ async fn a_spec_the_schema_cannot_catch_sets_a_condition_and_keeps_children() {
     assert!(evs.is_some(), "a Warning InvalidSpec event is recorded");
     assert!(ctrl.metrics.render().contains(r#"llmserve_operator_reconciles_total{result="invalid"}"#));
 
-    let after = deps.get("keep-qwen-0-5b").await.unwrap();
+    let after = deps.get("keep--qwen-0-5b").await.unwrap();
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,
         "the running Deployment was not touched"
@@ -318,7 +323,7 @@ async fn status_follows_deployment_status() {
     app["spec"]["models"][0]["deploymentConfig"] = json!({"numReplicas": 2});
     apply_app(&client, ns, &app).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let model = wait_get(&deps, "st-qwen-0-5b").await;
+    let model = wait_get(&deps, "st--qwen-0-5b").await;
     let router = wait_get(&deps, "st-router").await;
 
     let write_status = |name: &'static str, generation: Option<i64>, replicas: i32, ready: i32| {
@@ -331,7 +336,7 @@ async fn status_follows_deployment_status() {
             deps.patch_status(name, &PatchParams::default(), &Patch::Merge(s)).await.unwrap();
         }
     };
-    write_status("st-qwen-0-5b", model.metadata.generation, 2, 2).await;
+    write_status("st--qwen-0-5b", model.metadata.generation, 2, 2).await;
     write_status("st-router", router.metadata.generation, 1, 1).await;
 
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
@@ -346,7 +351,7 @@ async fn status_follows_deployment_status() {
     assert_eq!((st.models[0].ready_replicas, st.models[0].desired_replicas), (2, 2));
     assert_eq!(condition(&apps.get("st").await.unwrap(), "Progressing").unwrap().0, "False");
 
-    write_status("st-qwen-0-5b", model.metadata.generation, 2, 1).await;
+    write_status("st--qwen-0-5b", model.metadata.generation, 2, 1).await;
     let a = eventually(WAIT, || async {
         let a = apps.get("st").await.ok()?;
         (condition(&a, "Ready")?.0 == "False").then_some(a)
@@ -380,7 +385,7 @@ async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
         "5 SLOs of chat, the error rate of quiet"
     );
     assert!(ttft(&rule).unwrap().ends_with("> 1"), "{:?}", ttft(&rule));
-    wait_get(&sms, "shop-chat").await;
+    wait_get(&sms, "shop--chat").await;
 
     // A changed SLO changes the rule.
     app["spec"]["models"][0]["slo"]["ttftP95Seconds"] = json!(3);
@@ -396,9 +401,9 @@ async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
     apply_app(&client, ns, &app).await.unwrap();
     let off = eventually(WAIT, || async {
         let gone = rules.get_opt("shop-slo").await.ok()?.is_none()
-            && sms.get_opt("shop-chat").await.ok()?.is_none()
+            && sms.get_opt("shop--chat").await.ok()?.is_none()
             && sms.get_opt("shop-router").await.ok()?.is_none();
-        let chat = deps.get("shop-chat").await.ok()?;
+        let chat = deps.get("shop--chat").await.ok()?;
         (gone && args(&chat).contains(&"--disable-engine-metrics".to_string())).then_some(())
     })
     .await;
@@ -414,7 +419,7 @@ async fn slo_alerts_follow_the_spec_and_the_observability_switch() {
     app["spec"]["models"][0]["logEngineMetrics"] = json!(true);
     apply_app(&client, ns, &app).await.unwrap();
     let kept = eventually(WAIT, || async {
-        (!args(&deps.get("shop-chat").await.ok()?).contains(&"--disable-engine-metrics".to_string())).then_some(())
+        (!args(&deps.get("shop--chat").await.ok()?).contains(&"--disable-engine-metrics".to_string())).then_some(())
     })
     .await;
     assert!(kept.is_some(), "logEngineMetrics: true keeps engine metrics with observability off");
@@ -435,7 +440,7 @@ async fn a_child_the_api_refuses_is_one_readable_line_and_stops_no_other_app() {
     apply_app(&client, ns, &fixture("ray-example.yaml", "good")).await.unwrap();
 
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    wait_get(&deps, "good-qwen-0-5b").await;
+    wait_get(&deps, "good--qwen-0-5b").await;
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
     let (_, reason, message) = eventually(WAIT, || async {
         condition(&apps.get("bad-env").await.ok()?, "Degraded").filter(|c| c.0 == "True")
@@ -443,7 +448,7 @@ async fn a_child_the_api_refuses_is_one_readable_line_and_stops_no_other_app() {
     .await
     .expect("the refused app is Degraded");
     assert_eq!(reason, "ApplyFailed");
-    assert!(message.starts_with("applying Deployment bad-env-qwen-0-5b failed: "), "{message}");
+    assert!(message.starts_with("applying Deployment bad-env--qwen-0-5b failed: "), "{message}");
     assert!(!message.contains('\n') && message.len() <= 1024, "one bounded line: {message}");
     assert!(!message.contains("Status {"), "no debug dump: {message}");
     let notes = eventually(WAIT, || async {
@@ -464,34 +469,105 @@ async fn a_child_the_api_refuses_is_one_readable_line_and_stops_no_other_app() {
     assert!(!ctrl.handle_finished(), "the controller is still running");
 }
 
-/// App `a` with model `b-c` and app `a-b` with model `c` both want Deployment `a-b-c`. The second
-/// takes nothing over: it reports `NameConflict` naming the object and its owner, and the object
-/// keeps its one owner and its spec.
+/// App `a` with model `b-c` and app `a-b` with model `c` once both wanted Deployment `a-b-c`; now
+/// they are `a--b-c` and `a-b--c`, each with one owner. An object made outside llmserve at a name
+/// an app wants is not taken over: that app reports `NameConflict` naming the object and its owner,
+/// and the object keeps its spec and its (lack of) owners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn names_that_meet_across_apps_are_a_conflict_and_nothing_is_taken_over() {
+async fn names_that_met_differ_and_a_foreign_object_is_a_conflict_and_not_taken_over() {
     let ns = "names-meet";
     let (client, ctrl) = setup(ns).await;
     let mut first = fixture("ray-example.yaml", "a");
     first["spec"]["models"][0]["modelLoadingConfig"]["modelId"] = json!("b-c");
     apply_app(&client, ns, &first).await.unwrap();
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let owned = wait_get(&deps, "a-b-c").await;
-    assert_eq!(owned.metadata.owner_references.as_ref().unwrap()[0].name, "a");
-
     let mut second = fixture("ray-example.yaml", "a-b");
     second["spec"]["models"][0]["modelLoadingConfig"]["modelId"] = json!("c");
     apply_app(&client, ns, &second).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for (name, owner) in [("a--b-c", "a"), ("a-b--c", "a-b"), ("a-router", "a"), ("a-b-router", "a-b")] {
+        let d = wait_get(&deps, name).await;
+        let owners: Vec<_> = d.metadata.owner_references.iter().flatten().map(|r| r.name.clone()).collect();
+        assert_eq!(owners, [owner], "{name}");
+    }
+
+    let foreign: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "f--c", "labels": {"team": "someone-else"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "theirs"}},
+            "template": {
+                "metadata": {"labels": {"app": "theirs"}},
+                "spec": {"containers": [{"name": "c", "image": "theirs:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    let foreign = deps.create(&Default::default(), &foreign).await.unwrap();
+    let mut third = fixture("ray-example.yaml", "f");
+    third["spec"]["models"][0]["modelLoadingConfig"]["modelId"] = json!("c");
+    apply_app(&client, ns, &third).await.unwrap();
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
     let (_, reason, message) =
-        eventually(WAIT, || async { condition(&apps.get("a-b").await.ok()?, "Degraded").filter(|c| c.0 == "True") })
+        eventually(WAIT, || async { condition(&apps.get("f").await.ok()?, "Degraded").filter(|c| c.0 == "True") })
             .await
-            .expect("the second app is Degraded");
+            .expect("the third app is Degraded");
     assert_eq!(reason, "NameConflict");
-    assert!(message.contains("Deployment a-b-c") && message.contains("LlmApplication a,"), "{message}");
-    let after = deps.get("a-b-c").await.unwrap();
-    let owners: Vec<_> = after.metadata.owner_references.iter().flatten().map(|r| r.name.clone()).collect();
-    assert_eq!(owners, ["a"], "one owner, the first app");
-    assert!(args(&after).contains(&"b-c".to_string()), "the first app's spec is untouched: {:?}", args(&after));
-    assert!(deps.get_opt("a-b-router").await.unwrap().is_none(), "nothing of the second app was written");
+    assert!(message.contains("Deployment f--c") && message.contains("made outside llmserve"), "{message}");
+    let after = deps.get("f--c").await.unwrap();
+    assert_eq!(after.metadata.resource_version, foreign.metadata.resource_version, "the object was not touched");
+    assert!(after.metadata.owner_references.is_none());
+    assert!(deps.get_opt("f-router").await.unwrap().is_none(), "nothing of the third app was written");
     assert!(!ctrl.handle_finished());
+}
+
+/// Children named by an older operator (`<app>-<model>`, before the double hyphen) are pruned the
+/// first time a new operator looks at the app, though the spec did not change; an object that
+/// merely carries the app's labels, with no owner, is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_prunes_children_an_older_operator_named_and_nothing_else() {
+    let ns = "upgrade-names";
+    let (client, ctrl) = setup(ns).await;
+    apply_app(&client, ns, &fixture("ray-example.yaml", "up")).await.unwrap();
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let app = eventually(WAIT, || async {
+        let a = apps.get("up").await.ok()?;
+        (a.status.as_ref()?.observed_generation == a.metadata.generation).then_some(a)
+    })
+    .await
+    .expect("the app is reconciled");
+    let uid = app.metadata.uid.clone().unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let old = |name: &str, owned: bool| -> Deployment {
+        let mut d = json!({
+            "metadata": {"name": name, "labels": {
+                "app.kubernetes.io/instance": "up",
+                "app.kubernetes.io/managed-by": "llmserve-operator",
+                "app.kubernetes.io/component": "model",
+            }},
+            "spec": {
+                "selector": {"matchLabels": {"old": name}},
+                "template": {
+                    "metadata": {"labels": {"old": name}},
+                    "spec": {"containers": [{"name": "c", "image": "old:1"}]},
+                },
+            },
+        });
+        if owned {
+            d["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "llmserve.dev/v1alpha1", "kind": "LlmApplication", "name": "up", "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }]);
+        }
+        serde_json::from_value(d).unwrap()
+    };
+    deps.create(&Default::default(), &old("up-qwen-0-5b", true)).await.unwrap();
+    let decoy = deps.create(&Default::default(), &old("up-decoy", false)).await.unwrap();
+
+    drop(ctrl);
+    let _ctrl = spawn_controller(&client, ns);
+    eventually(WAIT, || async { deps.get_opt("up-qwen-0-5b").await.ok()?.is_none().then_some(()) })
+        .await
+        .expect("the child named by the older operator is pruned");
+    assert!(deps.get_opt("up--qwen-0-5b").await.unwrap().is_some());
+    let after = deps.get("up-decoy").await.unwrap();
+    assert_eq!(after.metadata.resource_version, decoy.metadata.resource_version, "no owner, not pruned");
 }

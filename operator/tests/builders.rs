@@ -31,7 +31,7 @@ fn ray_example_deployment() {
     let app = fixture("ray-example.yaml");
     let m = &app.spec.models[0];
     let d = build::deployment(&app, m);
-    assert_eq!(d.metadata.name.as_deref(), Some("ray-example-qwen-0-5b"));
+    assert_eq!(d.metadata.name.as_deref(), Some("ray-example--qwen-0-5b"));
     assert_eq!(d.metadata.namespace.as_deref(), Some("team-a"));
     let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
@@ -83,7 +83,7 @@ fn ray_example_service_hpa_monitor_router() {
     let h = build::hpa(&app, m).expect("autoscaling config gives an HPA");
     let hs = h.spec.unwrap();
     assert_eq!((hs.min_replicas, hs.max_replicas), (Some(1), 2));
-    assert_eq!(hs.scale_target_ref.name, "ray-example-qwen-0-5b");
+    assert_eq!(hs.scale_target_ref.name, "ray-example--qwen-0-5b");
     let metric = &hs.metrics.unwrap()[0];
     assert_eq!(metric.type_, "Pods");
     let pods = metric.pods.as_ref().unwrap();
@@ -111,7 +111,7 @@ fn ray_example_service_hpa_monitor_router() {
     let r = build::router_deployment(&app);
     assert_eq!(r.metadata.name.as_deref(), Some("ray-example-router"));
     let args = args_of(&r);
-    assert_eq!(flag(&args, "--backend-service").as_deref(), Some("qwen-0.5b=ray-example-qwen-0-5b"));
+    assert_eq!(flag(&args, "--backend-service").as_deref(), Some("qwen-0.5b=ray-example--qwen-0-5b"));
     assert_eq!(flag(&args, "--namespace").as_deref(), Some("team-a"));
     let pod = r.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.service_account_name.as_deref(), Some("ray-example-router"));
@@ -190,13 +190,18 @@ fn validation_catches_what_the_schema_cannot() {
     assert!(validate::validate(&fixture("ray-example.yaml")).is_empty());
     assert!(validate::validate(&fixture("full.yaml")).is_empty());
 
+    // Long names are shortened with a hash, not refused.
     let mut app = fixture("ray-example.yaml");
-    app.metadata.name = Some("a".repeat(58));
-    let p = validate::validate(&app);
-    assert!(
-        p.iter().any(|p| p.field == "spec.models[0].modelLoadingConfig.modelId" && p.message.contains("63")),
-        "{p:?}"
-    );
+    app.metadata.name = Some("a".repeat(63));
+    app.spec.models[0].model_loading_config.model_id = format!("org/{}", "m".repeat(124));
+    assert!(validate::validate(&app).is_empty());
+    // Names the CRD refuses today, stored before it did.
+    for name in ["a--b", "Upper", &"a".repeat(64)] {
+        let mut app = fixture("ray-example.yaml");
+        app.metadata.name = Some(name.into());
+        let p = validate::validate(&app);
+        assert!(p.iter().any(|p| p.field == "metadata.name"), "{name}: {p:?}");
+    }
 
     let mut app = fixture("ray-example.yaml");
     let mut twin = app.spec.models[0].clone();
@@ -208,9 +213,15 @@ fn validation_catches_what_the_schema_cannot() {
         "{p:?}"
     );
 
+    // `<app>--router` is no router's name.
     let mut app = fixture("ray-example.yaml");
     app.spec.models[0].model_loading_config.model_id = "router".into();
-    assert!(!validate::validate(&app).is_empty());
+    assert!(validate::validate(&app).is_empty());
+
+    let mut app = fixture("ray-example.yaml");
+    app.spec.models[0].model_loading_config.model_id = "🙂".into();
+    let p = validate::validate(&app);
+    assert!(p.iter().any(|p| p.message.contains("no ASCII letter or digit")), "{p:?}");
 
     let mut app = fixture("ray-example.yaml");
     app.spec.models[0].accelerator_type = None;

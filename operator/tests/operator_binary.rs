@@ -68,12 +68,12 @@ async fn the_binary_reconciles_reports_usage_and_survives_a_missing_service_moni
 
     apply_app(&client, ns, &fixture("full.yaml", "full")).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for name in ["full-llama-8b", "full-stories", "full-router"] {
+    for name in ["full--llama-8b", "full--stories", "full-router"] {
         eventually(WAIT, || async { deps.get_opt(name).await.ok().flatten() })
             .await
             .unwrap_or_else(|| panic!("{name}"));
     }
-    assert!(Api::<Service>::namespaced(client.clone(), ns).get_opt("full-stories").await.unwrap().is_some());
+    assert!(Api::<Service>::namespaced(client.clone(), ns).get_opt("full--stories").await.unwrap().is_some());
 
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
     let monitored = eventually(WAIT, || async {

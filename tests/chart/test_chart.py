@@ -191,11 +191,11 @@ def scenario(cp, ns, op, timeout):
         return cp.kubectl("get", kind, name, "-n", ns, "--ignore-not-found", "-o", "name").strip() != ""
 
     children = [
-        ("deployment", "shop-chat"),
-        ("deployment", "shop-extra"),
-        ("service", "shop-chat"),
-        ("hpa", "shop-chat"),
-        ("servicemonitor", "shop-chat"),
+        ("deployment", "shop--chat"),
+        ("deployment", "shop--extra"),
+        ("service", "shop--chat"),
+        ("hpa", "shop--chat"),
+        ("servicemonitor", "shop--chat"),
         ("servicemonitor", "shop-router"),
         ("prometheusrule", "shop-slo"),
         ("serviceaccount", "shop-router"),
@@ -222,8 +222,8 @@ def scenario(cp, ns, op, timeout):
             not any(
                 has(k, n)
                 for k, n in [
-                    ("deployment", "shop-extra"),
-                    ("servicemonitor", "shop-chat"),
+                    ("deployment", "shop--extra"),
+                    ("servicemonitor", "shop--chat"),
                     ("servicemonitor", "shop-router"),
                     ("prometheusrule", "shop-slo"),
                 ]

@@ -17,15 +17,16 @@ spec:
   models:
     - modelLoadingConfig: {modelId: stories, modelSource: /models/stories260k}
 """
-# Schema-valid, refused by the operator (its objects' names would pass 63 characters): an
-# `invalid` reconcile.
-INVALID = f"""
+# Schema-valid, refused by the operator (two model ids that differ only in punctuation would name
+# the same objects): an `invalid` reconcile.
+INVALID = """
 apiVersion: llmserve.dev/v1alpha1
 kind: LlmApplication
-metadata: {{name: bad-name, namespace: default}}
+metadata: {name: bad-name, namespace: default}
 spec:
   models:
-    - modelLoadingConfig: {{modelId: {"m" * 60}, modelSource: /models/m}}
+    - modelLoadingConfig: {modelId: a.b, modelSource: /models/m}
+    - modelLoadingConfig: {modelId: a-b, modelSource: /models/m}
 """
 
 
@@ -64,4 +65,4 @@ def test_every_operator_panel_has_data(control_plane):
         assert results["success"] > 0 and results["invalid"] > 0, results
         usage = prom.query("llmserve_usage_applications")["data"]["result"]
         apps = {r["metric"]["kind"]: float(r["value"][1]) for r in usage}
-        assert apps == {"applications": 2.0, "models": 2.0}, apps
+        assert apps == {"applications": 2.0, "models": 3.0}, apps

@@ -3,6 +3,7 @@
 
 mod deployment;
 mod hpa;
+mod names;
 mod prometheus_rule;
 mod router;
 mod service;
@@ -21,6 +22,7 @@ use crate::crd::{DEFAULT_IMAGE, LlmApplication, ModelConfig};
 
 pub use deployment::deployment;
 pub use hpa::{hpa, quantity_from_f64};
+pub use names::{MAX_NAME_LEN, is_dns_1035_label, is_label_value, label_value, model_object_name, router_name, slug};
 pub use prometheus_rule::{
     PROMETHEUS_RULE_KIND, RUNBOOK_BASE, alerts, prometheus_rule, prometheus_rule_name, prometheus_rule_resource,
     rule_groups,
@@ -56,7 +58,7 @@ pub mod labels {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     /// Always `llmserve`.
     pub const PART_OF: &str = "app.kubernetes.io/part-of";
-    /// The model id, made label-safe (`/` and `:` become `_`).
+    /// The model id, made label-safe (see [`super::label_value`]).
     pub const MODEL_ID: &str = "llmserve.dev/model-id";
     /// Annotation carrying the model id verbatim.
     pub const MODEL_ID_ANNOTATION: &str = "llmserve.dev/model-id";
@@ -64,35 +66,6 @@ pub mod labels {
     pub const COMPONENT_MODEL: &str = "model";
     /// Component value of the router.
     pub const COMPONENT_ROUTER: &str = "router";
-}
-
-/// The name every object of `model` in `app` gets: `<app>-<slug of modelId>`.
-pub fn model_object_name(app_name: &str, model_id: &str) -> String {
-    format!("{app_name}-{}", slug(model_id))
-}
-
-/// Name of the application's router Deployment and Service.
-pub fn router_name(app_name: &str) -> String {
-    format!("{app_name}-router")
-}
-
-/// Lower-case DNS-1035 form of a model id: runs of other characters become one `-`.
-pub fn slug(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for c in id.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-').to_string()
-}
-
-/// Label-safe model id: characters labels refuse become `_`.
-pub fn label_value(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 /// Labels selecting one model's pods.
@@ -188,22 +161,5 @@ pub fn health_probe(period: i32, failure_threshold: i32) -> Probe {
         failure_threshold: Some(failure_threshold),
         timeout_seconds: Some(3),
         ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slug_makes_dns_labels() {
-        assert_eq!(slug("qwen-0.5b"), "qwen-0-5b");
-        assert_eq!(slug("Qwen/Qwen2.5-0.5B-Instruct"), "qwen-qwen2-5-0-5b-instruct");
-        assert_eq!(slug("--a__b--"), "a-b");
-    }
-
-    #[test]
-    fn label_values_are_label_safe() {
-        assert_eq!(label_value("Qwen/Qwen2.5:latest"), "Qwen_Qwen2.5_latest");
     }
 }
