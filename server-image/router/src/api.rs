@@ -6,17 +6,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use llmserve_openai::ApiError;
 use llmserve_openai::body::BodyLimits;
 use serde_json::{Value, json};
 
 use crate::backends::Pool;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UNKNOWN_MODEL};
+use crate::tenants::{Tenant, Tenants};
 
 pub use llmserve_openai::routes::{CHAT_COMPLETIONS, COMPLETIONS, HEALTH, METRICS, MODEL, MODELS};
 
@@ -41,6 +43,8 @@ pub struct AppState {
     pub synced: Arc<AtomicBool>,
     /// Unix time the router started (the models' `created`).
     pub created: u64,
+    /// API keys and per-tenant limits (open when no keys are configured).
+    pub tenants: Arc<Tenants>,
 }
 
 /// The router's routes; `prefix` is normalized (`""` or `/name`).
@@ -50,12 +54,17 @@ pub fn app(state: AppState, prefix: &str) -> Router {
         .route(MODEL, get(one))
         .route(
             COMPLETIONS,
-            post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, COMPLETIONS, h, b)),
+            post(|State(s): State<AppState>, t: Option<Extension<Tenant>>, h: HeaderMap, b: Body| {
+                crate::proxy::forward(s, COMPLETIONS, t.map(|Extension(t)| t), h, b)
+            }),
         )
         .route(
             CHAT_COMPLETIONS,
-            post(|State(s): State<AppState>, h: HeaderMap, b: Body| crate::proxy::forward(s, CHAT_COMPLETIONS, h, b)),
-        );
+            post(|State(s): State<AppState>, t: Option<Extension<Tenant>>, h: HeaderMap, b: Body| {
+                crate::proxy::forward(s, CHAT_COMPLETIONS, t.map(|Extension(t)| t), h, b)
+            }),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let routes = if prefix.is_empty() { openai } else { Router::new().nest(prefix, openai) };
     routes
         .route(HEALTH, get(health))
@@ -87,10 +96,34 @@ async fn one(State(state): State<AppState>, Path(model): Path<String>) -> Result
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    if state.synced.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok").into_response()
-    } else {
+    if !state.synced.load(Ordering::Relaxed) {
         ApiError::unavailable("the model replicas are not known yet").into_response()
+    } else if !state.tenants.synced() {
+        ApiError::unavailable("the API keys are not read yet").into_response()
+    } else {
+        (StatusCode::OK, "ok").into_response()
+    }
+}
+
+/// Every OpenAI route asks for a key when keys are configured: 401 before the body is read.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    match state.tenants.authenticate(req.headers()) {
+        Ok(Some(tenant)) => {
+            req.extensions_mut().insert(tenant);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(err) => {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .and_then(|p| {
+                    [COMPLETIONS, CHAT_COMPLETIONS, MODELS, MODEL].into_iter().find(|r| p.as_str().ends_with(r))
+                })
+                .unwrap_or("unmatched");
+            state.metrics.requests.with_label_values(&[UNKNOWN_MODEL, route, "4xx"]).inc();
+            err.into_response()
+        }
     }
 }
 

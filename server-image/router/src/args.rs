@@ -93,6 +93,19 @@ pub struct Args {
     /// intervals are stale, and picks fall back to `leastOutstanding`.
     #[arg(long, env = "LLMSERVE_ROUTER_ENGINE_METRICS_INTERVAL_SECONDS", default_value_t = 1.0)]
     pub engine_metrics_interval_seconds: f64,
+    /// API keys: a Secret in `--namespace` whose data entries are one tenant each (entry name =
+    /// tenant, value = key), followed live. Every OpenAI route then asks for
+    /// `Authorization: Bearer <key>` (401 otherwise); `/health` and `/metrics` stay open.
+    #[arg(long, env = "LLMSERVE_ROUTER_API_KEYS_SECRET")]
+    pub api_keys_secret: Option<String>,
+    /// API keys from a file of `tenant=key` lines instead, re-read when it changes.
+    #[arg(long, env = "LLMSERVE_ROUTER_API_KEYS_FILE", conflicts_with = "api_keys_secret")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Per-tenant limits, JSON: `{"default": {"requestsPerMinute": N, "tokensPerMinute": N,
+    /// "concurrentRequests": N}, "tenants": {"NAME": {...}}}`; the keys' Secret may carry its own
+    /// in the `llmserve.dev/limits` annotation, which then wins.
+    #[arg(long, env = "LLMSERVE_ROUTER_TENANT_LIMITS")]
+    pub tenant_limits: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

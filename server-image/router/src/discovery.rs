@@ -1,16 +1,21 @@
-//! Replicas from the Kubernetes API: the ready endpoints of each model Service's EndpointSlices,
-//! followed with a watch, so replicas that come and go change the routing without a restart.
+//! What the router follows while it runs: replicas from the Kubernetes API (the ready endpoints of
+//! each model Service's EndpointSlices), and API keys (a Secret, or a file), each watched, so that
+//! changes apply without a restart.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::backends::Pool;
+use crate::tenants::{LIMITS_ANNOTATION, LimitsConfig, Tenants, parse_keys_file};
 
 /// The label Kubernetes puts on a Service's EndpointSlices.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -95,6 +100,80 @@ fn update(store: &Store<EndpointSlice>, targets: &[Target], port_name: &str, poo
         if urls != pool.replicas(&t.model).iter().map(|r| r.url.clone()).collect::<Vec<_>>() {
             tracing::info!(model = %t.model, replicas = ?urls, "replicas changed");
             pool.set(&t.model, &urls);
+        }
+    }
+}
+
+/// Follows the keys' Secret `name` in `namespace`: its data entries are tenant = key, its
+/// `llmserve.dev/limits` annotation (when set and valid) the limits, else `limits`. A Secret that
+/// is missing or deleted leaves no keys (every request is refused), never the old ones.
+pub async fn follow_keys_secret(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    limits: LimitsConfig,
+    tenants: Arc<Tenants>,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let events = watcher::watcher(api, config).default_backoff();
+    let mut events = std::pin::pin!(events);
+    tracing::info!(%namespace, secret = %name, "following the API keys");
+    let mut listed = false;
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => listed = false,
+            Ok(watcher::Event::InitApply(secret) | watcher::Event::Apply(secret)) => {
+                listed = true;
+                let (keys, limits) = keys_of(&secret, &limits);
+                tenants.set(keys, limits);
+            }
+            Ok(watcher::Event::InitDone) if !listed => {
+                tracing::warn!(secret = %name, "the API keys' Secret does not exist; refusing every request");
+                tenants.set(BTreeMap::new(), limits.clone());
+            }
+            Ok(watcher::Event::InitDone) => {}
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::warn!(secret = %name, "the API keys' Secret was deleted; refusing every request");
+                tenants.set(BTreeMap::new(), limits.clone());
+            }
+            Err(e) => tracing::warn!(secret = %name, error = %e, "watching the API keys failed; retrying"),
+        }
+    }
+}
+
+/// The keys and limits a Secret holds (limits from its annotation, else `fallback`).
+fn keys_of(secret: &Secret, fallback: &LimitsConfig) -> (BTreeMap<String, Vec<u8>>, LimitsConfig) {
+    let keys =
+        secret.data.iter().flatten().map(|(tenant, key)| (tenant.clone(), key.0.trim_ascii().to_vec())).collect();
+    let annotated = secret.metadata.annotations.as_ref().and_then(|a| a.get(LIMITS_ANNOTATION));
+    let limits = match annotated.map(|json| LimitsConfig::parse(json)) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "ignoring the API keys' limits annotation");
+            fallback.clone()
+        }
+        None => fallback.clone(),
+    };
+    (keys, limits)
+}
+
+/// Follows a keys file of `tenant=key` lines: re-read every 2 s when its modification time
+/// changed; a file that cannot be read or parsed leaves the keys as they were (and says why).
+pub async fn follow_keys_file(path: PathBuf, limits: LimitsConfig, tenants: Arc<Tenants>) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = modified(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| parse_keys_file(&t)) {
+            Ok(keys) => tenants.set(keys, limits.clone()),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "keeping the API keys as they were"),
         }
     }
 }

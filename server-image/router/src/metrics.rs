@@ -28,6 +28,15 @@ pub const EJECTIONS_TOTAL: &str = "llmserve_router_ejections_total";
 /// Replicas picked, by model, routing policy and reason (`affinity`, `overflow`, `fallback`,
 /// `least_outstanding`).
 pub const PICKS_TOTAL: &str = "llmserve_router_picks_total";
+/// Requests of each tenant (API keys on), by model and status class.
+pub const TENANT_REQUESTS_TOTAL: &str = "llmserve_router_tenant_requests_total";
+/// Tokens of each tenant from the answers' usage, by model and kind (`prompt`, `completion`).
+pub const TENANT_TOKENS_TOTAL: &str = "llmserve_router_tenant_tokens_total";
+/// Requests of each tenant refused by one of its limits (`requests_per_minute`,
+/// `tokens_per_minute`, `concurrent_requests`).
+pub const TENANT_RATE_LIMITED_TOTAL: &str = "llmserve_router_tenant_rate_limited_total";
+/// Requests of each tenant in flight.
+pub const TENANT_REQUESTS_IN_FLIGHT: &str = "llmserve_router_tenant_requests_in_flight";
 /// Connections open now.
 pub const CONNECTIONS_OPEN: &str = "llmserve_router_connections_open";
 /// Connections answered 503 and closed because `--max-connections` were open.
@@ -45,6 +54,10 @@ pub const FAMILIES: &[&str] = &[
     READY_REPLICAS,
     EJECTIONS_TOTAL,
     PICKS_TOTAL,
+    TENANT_REQUESTS_TOTAL,
+    TENANT_TOKENS_TOTAL,
+    TENANT_RATE_LIMITED_TOTAL,
+    TENANT_REQUESTS_IN_FLIGHT,
     CONNECTIONS_OPEN,
     CONNECTIONS_REFUSED_TOTAL,
 ];
@@ -78,6 +91,14 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     /// See [`PICKS_TOTAL`].
     pub picks: IntCounterVec,
+    /// See [`TENANT_REQUESTS_TOTAL`].
+    pub tenant_requests: IntCounterVec,
+    /// See [`TENANT_TOKENS_TOTAL`].
+    pub tenant_tokens: IntCounterVec,
+    /// See [`TENANT_RATE_LIMITED_TOTAL`].
+    pub tenant_rate_limited: IntCounterVec,
+    /// See [`TENANT_REQUESTS_IN_FLIGHT`].
+    pub tenant_in_flight: IntGaugeVec,
     /// See [`CONNECTIONS_OPEN`] and [`CONNECTIONS_REFUSED_TOTAL`].
     pub connections: ConnectionMetrics,
 }
@@ -137,6 +158,25 @@ impl Metrics {
                 "Replicas picked by the routing policy, by reason.",
                 &["model", "policy", "reason"],
             )?,
+            tenant_requests: counter(
+                TENANT_REQUESTS_TOTAL,
+                "Requests per tenant by model and status class.",
+                &["tenant", "model", "status_class"],
+            )?,
+            tenant_tokens: counter(
+                TENANT_TOKENS_TOTAL,
+                "Tokens per tenant from the answers' usage, by model and kind.",
+                &["tenant", "model", "kind"],
+            )?,
+            tenant_rate_limited: counter(
+                TENANT_RATE_LIMITED_TOTAL,
+                "Requests per tenant refused by a limit (429), by limit.",
+                &["tenant", "limit"],
+            )?,
+            tenant_in_flight: IntGaugeVec::new(
+                Opts::new(TENANT_REQUESTS_IN_FLIGHT, "Requests per tenant in flight."),
+                &["tenant"],
+            )?,
             connections: ConnectionMetrics::register(registry, CONNECTIONS_OPEN, CONNECTIONS_REFUSED_TOTAL)?,
         };
         registry.register(Box::new(m.requests.clone()))?;
@@ -149,6 +189,10 @@ impl Metrics {
         registry.register(Box::new(m.ready_replicas.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.picks.clone()))?;
+        registry.register(Box::new(m.tenant_requests.clone()))?;
+        registry.register(Box::new(m.tenant_tokens.clone()))?;
+        registry.register(Box::new(m.tenant_rate_limited.clone()))?;
+        registry.register(Box::new(m.tenant_in_flight.clone()))?;
         for model in models {
             m.prompt_tokens.with_label_values(&[model]).reset();
             m.completion_tokens.with_label_values(&[model]).reset();

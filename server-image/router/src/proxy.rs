@@ -18,6 +18,7 @@ use crate::backends::Lease;
 use crate::metrics::{Metrics, UNKNOWN_MODEL};
 use crate::routing::prefix_key;
 use crate::sse::{Usage, UsageFilter};
+use crate::tenants::{Admission, Refused, Tenant, estimate_prompt_tokens};
 
 /// Request headers passed on to the replica.
 const FORWARDED_REQUEST_HEADERS: &[header::HeaderName] = &[header::AUTHORIZATION, header::ACCEPT];
@@ -27,7 +28,13 @@ const FORWARDED_RESPONSE_HEADERS: &[header::HeaderName] =
 const REQUEST_ID: &str = "x-request-id";
 
 /// Forwards a `POST` on `route` (a path template such as `/v1/completions`).
-pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, body: Body) -> Response {
+pub async fn forward(
+    state: AppState,
+    route: &'static str,
+    tenant: Option<Tenant>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
     let bytes = match read_body(body, &headers, state.body).await {
         Ok(bytes) => bytes,
@@ -81,8 +88,23 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
         Some(_) => bytes, // not an object: the replica answers the error
     };
 
+    let admission = match &tenant {
+        Some(t) => match state.tenants.admit(t, estimate_prompt_tokens(&req), &state.metrics) {
+            Ok(a) => Some(a),
+            Err(refused) => {
+                let Refused { error, headers } = *refused;
+                let class = status_class(error.status.as_u16());
+                state.metrics.tenant_requests.with_label_values(&[&t.0, &model, class]).inc();
+                let mut resp = reject(&state.metrics, &model, route, start, error);
+                resp.headers_mut().extend(headers);
+                return resp;
+            }
+        },
+        None => None,
+    };
+    let limit_headers = admission.as_ref().map(|a| a.headers().clone()).unwrap_or_default();
     let key = state.pool.routing().affinity().and_then(|a| prefix_key(&req, a.prefix_chars));
-    let tracker = Tracker::new(state.metrics.clone(), model.clone(), route, start);
+    let tracker = Tracker::new(state.metrics.clone(), model.clone(), route, start, admission);
     let (upstream, lease) = match send(&state, &model, route, &headers, body, key.as_deref()).await {
         Ok(r) => r,
         Err(err) => {
@@ -93,6 +115,9 @@ pub async fn forward(state: AppState, route: &'static str, headers: HeaderMap, b
     let status = upstream.status();
     tracker.count(status);
     let mut out = Response::builder().status(status);
+    if let Some(h) = out.headers_mut() {
+        h.extend(limit_headers);
+    }
     for name in FORWARDED_RESPONSE_HEADERS.iter().map(|h| h.as_str()).chain([REQUEST_ID]) {
         if let Some(v) = upstream.headers().get(name) {
             out = out.header(name, v.clone());
@@ -250,16 +275,29 @@ struct Tracker {
     route: &'static str,
     start: Instant,
     first_byte_seen: std::sync::atomic::AtomicBool,
+    /// The tenant's admission when API keys are on: its slot and token reservation, settled when
+    /// the tracker goes.
+    admission: Option<Admission>,
 }
 
 impl Tracker {
-    fn new(metrics: Metrics, model: String, route: &'static str, start: Instant) -> Arc<Self> {
+    fn new(
+        metrics: Metrics,
+        model: String,
+        route: &'static str,
+        start: Instant,
+        admission: Option<Admission>,
+    ) -> Arc<Self> {
         metrics.in_flight.with_label_values(&[&model]).inc();
-        Arc::new(Tracker { metrics, model, route, start, first_byte_seen: false.into() })
+        Arc::new(Tracker { metrics, model, route, start, first_byte_seen: false.into(), admission })
     }
 
     fn count(&self, status: StatusCode) {
-        self.metrics.requests.with_label_values(&[&self.model, self.route, status_class(status.as_u16())]).inc();
+        let class = status_class(status.as_u16());
+        self.metrics.requests.with_label_values(&[&self.model, self.route, class]).inc();
+        if let Some(a) = &self.admission {
+            self.metrics.tenant_requests.with_label_values(&[a.tenant(), &self.model, class]).inc();
+        }
     }
 
     fn first_byte(&self) {
@@ -275,6 +313,12 @@ impl Tracker {
         if let Some(u) = usage {
             self.metrics.prompt_tokens.with_label_values(&[&self.model]).inc_by(u.prompt);
             self.metrics.completion_tokens.with_label_values(&[&self.model]).inc_by(u.completion);
+            if let Some(a) = &self.admission {
+                let tokens = &self.metrics.tenant_tokens;
+                tokens.with_label_values(&[a.tenant(), &self.model, "prompt"]).inc_by(u.prompt);
+                tokens.with_label_values(&[a.tenant(), &self.model, "completion"]).inc_by(u.completion);
+                a.used(u.prompt.saturating_add(u.completion));
+            }
         }
     }
 }

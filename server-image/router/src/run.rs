@@ -10,6 +10,7 @@ use crate::backends::{OutlierPolicy, Pool};
 use crate::discovery::{self, Target};
 use crate::metrics::Metrics;
 use crate::routing::{self, Affinity, Policy};
+use crate::tenants::{self, LimitsConfig, Tenants};
 use llmserve_openai::body::BodyLimits;
 use llmserve_openai::serve::Limits;
 
@@ -83,19 +84,43 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
     let synced = Arc::new(AtomicBool::new(targets.is_empty()));
     // One TLS provider for the process (the workspace's reqwest and kube are built without one).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if !targets.is_empty() {
+    let limits = match &args.tenant_limits {
+        Some(json) => LimitsConfig::parse(json).map_err(|e| anyhow::anyhow!("--tenant-limits: {e}"))?,
+        None => LimitsConfig::default(),
+    };
+    let keyed = args.api_keys_secret.is_some() || args.api_keys_file.is_some();
+    let tenants = Arc::new(if keyed { Tenants::required() } else { Tenants::open() });
+    if let Some(path) = &args.api_keys_file {
+        // Read once here so a bad file stops the start; then followed.
+        let keys = tenants::parse_keys_file(&std::fs::read_to_string(path)?)
+            .map_err(|e| anyhow::anyhow!("--api-keys-file {}: {e}", path.display()))?;
+        tenants.set(keys, limits.clone());
+        tokio::spawn(discovery::follow_keys_file(path.clone(), limits.clone(), tenants.clone()));
+    }
+    if !targets.is_empty() || args.api_keys_secret.is_some() {
         let client = kube::Client::try_default()
             .await
-            .map_err(|e| anyhow::anyhow!("--backend-service needs the Kubernetes API: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--backend-service and --api-keys-secret need the Kubernetes API: {e}"))?;
         let namespace = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
-        tokio::spawn(discovery::run(
-            client,
-            namespace,
-            targets,
-            args.endpoint_port.clone(),
-            pool.clone(),
-            synced.clone(),
-        ));
+        if let Some(secret) = &args.api_keys_secret {
+            tokio::spawn(discovery::follow_keys_secret(
+                client.clone(),
+                namespace.clone(),
+                secret.clone(),
+                limits,
+                tenants.clone(),
+            ));
+        }
+        if !targets.is_empty() {
+            tokio::spawn(discovery::run(
+                client,
+                namespace,
+                targets,
+                args.endpoint_port.clone(),
+                pool.clone(),
+                synced.clone(),
+            ));
+        }
     }
     let client = reqwest::Client::builder()
         .connect_timeout(positive("connect-timeout-seconds", args.connect_timeout_seconds)?)
@@ -126,6 +151,7 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         request_timeout: positive("request-timeout-seconds", args.request_timeout_seconds)?,
         synced,
         created,
+        tenants,
     })
 }
 

@@ -369,6 +369,87 @@ mod discovery {
         let models: Value = reqwest::get(format!("{}/v1/models", r.url)).await.unwrap().json().await.unwrap();
         assert_eq!(models["data"][0]["ready_replicas"], 0);
     }
+
+    /// API keys from a Secret on the real API server: a key works, a key removed from the Secret
+    /// stops working within seconds, a key added starts, the limits annotation applies, and a
+    /// deleted Secret leaves no key working. No restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn keys_follow_their_secret_without_a_restart() {
+        use k8s_openapi::api::core::v1::Secret;
+        let client = client().await;
+        let ns = "router-keys";
+        namespace(&client, ns).await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let pp = PatchParams::apply("router-test").force();
+        let secret = |keys: &[(&str, &str)], limits: Option<&str>| {
+            let mut annotations = serde_json::Map::new();
+            if let Some(l) = limits {
+                annotations.insert("llmserve.dev/limits".into(), l.into());
+            }
+            // `data`, not `stringData`: server-side apply removes a `data` entry the patch leaves
+            // out, while `stringData` is merged in and never removes one.
+            let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> =
+                keys.iter().map(|(t, k)| (t.to_string(), k8s_openapi::ByteString(k.as_bytes().to_vec()))).collect();
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "keys", "annotations": annotations},
+                "data": data,
+            })
+        };
+        secrets
+            .patch("keys", &pp, &Patch::Apply(secret(&[("team-a", "key-a"), ("team-b", "key-b")], None)))
+            .await
+            .unwrap();
+        // A Secret the router must not read.
+        secrets
+            .patch(
+                "other",
+                &pp,
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "other"}, "stringData": {"x": "key-x"}})),
+            )
+            .await
+            .unwrap();
+
+        let alpha = Server::start("alpha", &["--disable-engine-metrics"]);
+        let kubeconfig = control_plane().kubeconfig.to_string_lossy().into_owned();
+        let mut args = backend("alpha", &alpha.url).to_vec();
+        args.extend(["--api-keys-secret", "keys", "--namespace", ns].map(String::from));
+        let r = router(&args, &[("KUBECONFIG", &kubeconfig)]);
+        let url = format!("{}/v1/completions", r.url);
+        let body = completion("alpha", 2);
+        let status = |key: &'static str| {
+            let (url, body) = (url.clone(), body.clone());
+            async move { post_as(&url, Some(key), &body).await.0 }
+        };
+        assert_eq!(status("key-a").await, 200);
+        assert_eq!(status("key-b").await, 200);
+        assert_eq!(status("key-x").await, 401, "another Secret's value is no key");
+
+        let until = |key: &'static str, want: u16| async move {
+            llmserve_test_support::eventually(Duration::from_secs(10), || async {
+                (status(key).await == want).then_some(())
+            })
+            .await
+            .is_some()
+        };
+        let limits = r#"{"default": {"requestsPerMinute": 2}}"#;
+        secrets
+            .patch("keys", &pp, &Patch::Apply(secret(&[("team-a", "key-a"), ("team-c", "key-c")], Some(limits))))
+            .await
+            .unwrap();
+        assert!(until("key-b", 401).await, "a removed key kept working");
+        assert!(until("key-c", 200).await, "an added key did not start working");
+        // key-c used one request above; the limits annotation allows two a minute.
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(status("key-c").await);
+        }
+        assert!(codes.contains(&429), "the annotation's limits apply: {codes:?}");
+        secrets.delete("keys", &DeleteParams::default()).await.unwrap();
+        assert!(until("key-a", 401).await, "a deleted Secret left its keys working");
+        assert_eq!(reqwest::get(format!("{}/health", r.url)).await.unwrap().status().as_u16(), 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -566,4 +647,103 @@ async fn prefix_hash_keeps_a_prefix_on_one_replica_spills_over_and_moves_on_ejec
     }
     let took: Vec<f64> = answered(&rest).await.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(took.contains(&5.0), "the prefix has one new home: {took:?}");
+}
+
+async fn post_as(url: &str, key: Option<&str>, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut rb = reqwest::Client::new().post(url).json(body);
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    let r = rb.send().await.unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, headers, r.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+/// API keys from a file, and each limit kind: 401 without or with a wrong key; requests per
+/// minute, tokens per minute and requests at once each answer 429 at the right request, with
+/// `Retry-After` and the `x-ratelimit-*` headers; per-tenant counters equal what was sent; a key
+/// taken out of the file stops working without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_keys_and_tenant_limits() {
+    let alpha = Server::start("alpha", &["--disable-engine-metrics"]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# tenants\nfast = key-fast\nslow = key-slow\ntokens = key-tokens\nsolo = key-solo\n")
+        .unwrap();
+    let limits = json!({
+        "default": {"requestsPerMinute": 1000},
+        "tenants": {
+            "slow": {"requestsPerMinute": 3},
+            "tokens": {"tokensPerMinute": 100},
+            "solo": {"concurrentRequests": 1}
+        }
+    });
+    let mut args = backend("alpha", &alpha.url).to_vec();
+    args.extend(["--api-keys-file".into(), keys.to_string_lossy().into_owned()]);
+    args.extend(["--tenant-limits".into(), limits.to_string()]);
+    let r = router(&args, &[]);
+    let url = format!("{}/v1/completions", r.url);
+    let body = completion("alpha", 2);
+
+    let (s, _, v) = post_as(&url, None, &body).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{v}");
+    let (s, _, v) = post_as(&url, Some("key-wrong"), &body).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{v}");
+    let models = reqwest::get(format!("{}/v1/models", r.url)).await.unwrap().status().as_u16();
+    assert_eq!(models, 401, "every OpenAI route asks for the key");
+    assert_eq!(reqwest::get(format!("{}/health", r.url)).await.unwrap().status().as_u16(), 200);
+
+    for _ in 0..5 {
+        let (s, h, _) = post_as(&url, Some("key-fast"), &body).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-ratelimit-limit-requests"], "1000");
+    }
+    // Requests per minute: the fourth is refused.
+    for i in 0..3 {
+        let (s, h, _) = post_as(&url, Some("key-slow"), &body).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-ratelimit-remaining-requests"], (2 - i).to_string().as_str());
+    }
+    let (s, h, v) = post_as(&url, Some("key-slow"), &body).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
+    assert!(h.contains_key("retry-after") && h.contains_key("x-ratelimit-reset-requests"), "{h:?}");
+    // Tokens per minute: a 400-character prompt reserves 100 tokens and settles at its usage.
+    let long = json!({"model": "alpha", "prompt": "Once upon a time ".repeat(24), "max_tokens": 2, "temperature": 0});
+    assert_eq!(post_as(&url, Some("key-tokens"), &long).await.0, 200);
+    let (s, h, v) = post_as(&url, Some("key-tokens"), &long).await;
+    assert_eq!(s, 429, "the first request used the minute's tokens: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("tokens per minute"), "{v}");
+    assert_eq!(h["x-ratelimit-limit-tokens"], "100");
+    // Requests at once: a second while a stream runs is refused, and served after.
+    let mut stream_body = completion("alpha", 300);
+    stream_body["stream"] = true.into();
+    stream_body["ignore_eos"] = true.into();
+    let running = reqwest::Client::new().post(&url).bearer_auth("key-solo").json(&stream_body).send().await.unwrap();
+    assert_eq!(running.status().as_u16(), 200);
+    let (s, _, v) = post_as(&url, Some("key-solo"), &body).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
+    let _ = running.text().await.unwrap();
+    assert_eq!(post_as(&url, Some("key-solo"), &body).await.0, 200);
+
+    let m = metrics_text(&r.url).await;
+    let series = |tenant: &str, class: &str| {
+        format!(r#"llmserve_router_tenant_requests_total{{model="alpha",status_class="{class}",tenant="{tenant}"}}"#)
+    };
+    for (tenant, ok, limited) in [("fast", 5.0, 0.0), ("slow", 3.0, 1.0), ("tokens", 1.0, 1.0), ("solo", 2.0, 1.0)] {
+        assert_eq!(sample(&r.url, &series(tenant, "2xx")).await, Some(ok), "{tenant}: {m}");
+        assert_eq!(sample(&r.url, &series(tenant, "4xx")).await.unwrap_or(0.0), limited, "{tenant}: {m}");
+    }
+    let limited = r#"llmserve_router_tenant_rate_limited_total{limit="requests_per_minute",tenant="slow"}"#;
+    assert_eq!(sample(&r.url, limited).await, Some(1.0), "{m}");
+    let fast_prompt = r#"llmserve_router_tenant_tokens_total{kind="prompt",model="alpha",tenant="fast"}"#;
+    assert!(sample(&r.url, fast_prompt).await.unwrap_or(0.0) > 0.0, "{m}");
+    assert!(!m.contains("key-fast"), "keys never reach the metrics");
+
+    // The key file changes: `fast` is gone within seconds, the others stay.
+    std::fs::write(&keys, "slow = key-slow\n").unwrap();
+    let gone = llmserve_test_support::eventually(Duration::from_secs(10), || async {
+        (post_as(&url, Some("key-fast"), &body).await.0 == 401).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "a removed key kept working");
 }
