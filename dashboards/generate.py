@@ -498,6 +498,49 @@ SERVING = [
             ),
         ],
     ),
+    (
+        "Tenants (API keys on)",
+        [
+            (
+                "Tokens/s by tenant, top 10",
+                "timeseries",
+                "short",
+                "Prompt and completion tokens per tenant from the answers' usage; the ten busiest tenants.",
+                [
+                    (
+                        f"topk(10, sum by (tenant) (rate(llmserve_router_tenant_tokens_total{{{R}}}[{WINDOW}])))",
+                        "{{tenant}}",
+                    )
+                ],
+            ),
+            (
+                "Requests/s by tenant",
+                "timeseries",
+                "reqps",
+                "Requests per tenant by status class (429s for a tenant's own limits included).",
+                [
+                    (
+                        rate("llmserve_router_tenant_requests_total", R, "tenant, status_class"),
+                        "{{tenant}} {{status_class}}",
+                    )
+                ],
+            ),
+            (
+                "Rate-limited by tenant",
+                "timeseries",
+                "reqps",
+                "Requests refused (429) by a tenant's limit: requests or tokens per minute, or requests at once.",
+                [(rate("llmserve_router_tenant_rate_limited_total", APP, "tenant, limit"), "{{tenant}} {{limit}}")],
+            ),
+            (
+                "In flight by tenant",
+                "timeseries",
+                "short",
+                "Requests of each tenant being served now.",
+                [(f"sum by (tenant) (llmserve_router_tenant_requests_in_flight{{{APP}}})", "{{tenant}}")],
+            ),
+        ],
+    ),
 ]
 
 SERVING_VARS = [

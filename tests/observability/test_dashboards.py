@@ -28,6 +28,12 @@ from llmserve_testing.paths import DASHBOARDS, ROOT
 from llmserve_testing.prometheus import Prometheus
 
 GENERATE = ROOT / "dashboards/generate.py"
+# The router asks for API keys (the Tenants row needs tenants): `team` for the mixed load, `burst`
+# (one request at once) for the rate-limited panel.
+KEYS = "team = sk-team\nburst = sk-burst\n"
+LIMITS = '{"default": {"requestsPerMinute": 100000}, "tenants": {"burst": {"concurrentRequests": 1}}}'
+TEAM = {"Authorization": "Bearer sk-team"}
+BURST = {"Authorization": "Bearer sk-burst"}
 ENGINE = re.compile(r"\b(vllm|llmserve):[a-z_]+")
 STORY = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park "
@@ -89,6 +95,14 @@ async def drive(router, alpha1, seconds):
             seen["aborted"] += 1
             await asyncio.sleep(0.3)
 
+    async def limited(c):
+        # The `burst` tenant may have one request at once: bursts of three get 429s.
+        while time.time() < deadline:
+            body = {"model": "alpha", "prompt": "The dog", "max_tokens": 24}
+            rs = await asyncio.gather(*(c.post(f"{router}/v1/completions", json=body, headers=BURST) for _ in range(3)))
+            seen["429"] += sum(r.status_code == 429 for r in rs)
+            await asyncio.sleep(0.5)
+
     async def backpressure(c):
         # alpha-1 runs two sequences and queues one: a burst gets 429s, and its small KV cache
         # makes the two long generations preempt each other.
@@ -98,8 +112,9 @@ async def drive(router, alpha1, seconds):
             seen["429"] += sum(r.status_code == 429 for r in rs)
             await asyncio.sleep(0.2)
 
-    async with httpx.AsyncClient(timeout=120) as c:
+    async with httpx.AsyncClient(timeout=120, headers=TEAM) as c:
         await asyncio.gather(
+            limited(c),
             *(worker(c, "alpha", i) for i in range(3)),
             *(worker(c, "beta", i) for i in range(2)),
             errors(c),
@@ -110,7 +125,9 @@ async def drive(router, alpha1, seconds):
 
 
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text(KEYS)
     with ExitStack() as stack:
         alpha0 = stack.enter_context(procs.server("alpha-0", "--enable-prefix-caching", served_model_name="alpha"))
         # 16 blocks of 16 tokens: two 150-token generations do not fit at once.
@@ -132,7 +149,14 @@ def fleet():
         )
         beta0 = stack.enter_context(procs.server("beta-0", "--disable-engine-metrics", served_model_name="beta"))
         router = stack.enter_context(
-            procs.router("router", [("alpha", alpha0.url), ("alpha", alpha1.url), ("beta", beta0.url)])
+            procs.router(
+                "router",
+                [("alpha", alpha0.url), ("alpha", alpha1.url), ("beta", beta0.url)],
+                "--api-keys-file",
+                str(keys),
+                "--tenant-limits",
+                LIMITS,
+            )
         )
         common = {"namespace": "llmserve-e2e", "llmserve_app": "demo"}
         prom = stack.enter_context(
