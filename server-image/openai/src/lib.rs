@@ -6,6 +6,7 @@
 pub mod body;
 pub mod routes;
 pub mod serve;
+pub mod tls;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

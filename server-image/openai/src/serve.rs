@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::ApiError;
+use crate::tls::Tls;
 
 /// What every connection is held to.
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +58,22 @@ pub struct Serving {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Serves `app` on `listener` within `limits`.
+/// Serves `app` on `listener` within `limits`, in plain HTTP.
 pub fn spawn(listener: TcpListener, app: Router, limits: Limits, metrics: ConnectionMetrics) -> Serving {
+    spawn_with_tls(listener, app, limits, metrics, None)
+}
+
+/// [`spawn`], with TLS on every connection when `tls` is given (the handshake counts against
+/// the header timeout).
+pub fn spawn_with_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    metrics: ConnectionMetrics,
+    tls: Option<Arc<Tls>>,
+) -> Serving {
     let (stop, rx) = tokio::sync::watch::channel(false);
-    Serving { stop, task: tokio::spawn(accept_loop(listener, app, limits, metrics, rx)) }
+    Serving { stop, task: tokio::spawn(accept_loop(listener, app, limits, metrics, tls, rx)) }
 }
 
 /// Refused connections being answered at once; beyond this they are closed without an answer.
@@ -73,6 +86,7 @@ async fn accept_loop(
     app: Router,
     limits: Limits,
     metrics: ConnectionMetrics,
+    tls: Option<Arc<Tls>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -101,7 +115,11 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.refused.inc();
-            if let Ok(turn) = refusing.clone().try_acquire_owned() {
+            // Over TLS a plain-text answer would only fail the handshake: such a connection is
+            // closed at once.
+            if tls.is_none()
+                && let Ok(turn) = refusing.clone().try_acquire_owned()
+            {
                 tokio::spawn(async move {
                     refuse(tcp).await;
                     drop(turn);
@@ -109,16 +127,35 @@ async fn accept_loop(
             }
             continue;
         };
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service.clone()));
         let open = metrics.open.clone();
         open.inc();
-        tokio::spawn(async move {
-            // Errors here are the client's (a reset, headers too slow or malformed; hyper has
-            // answered what could be answered), so they are not logged one by one.
-            let _ = conn.await;
-            open.dec();
-            drop(slot);
-        });
+        // Errors of a connection are the client's (a reset, a failed handshake, headers too slow
+        // or malformed; hyper has answered what could be answered), so they are not logged one
+        // by one.
+        match tls.as_ref().and_then(|t| t.config()) {
+            None => {
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service.clone()));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    open.dec();
+                    drop(slot);
+                });
+            }
+            Some(config) => {
+                let (http, service) = (http.clone(), service.clone());
+                let watcher = graceful.watcher();
+                let handshake = limits.header_timeout;
+                tokio::spawn(async move {
+                    let accepted =
+                        tokio::time::timeout(handshake, tokio_rustls::TlsAcceptor::from(config).accept(tcp)).await;
+                    if let Ok(Ok(stream)) = accepted {
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                    }
+                    open.dec();
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -106,6 +106,13 @@ pub struct Args {
     /// in the `llmserve.dev/limits` annotation, which then wins.
     #[arg(long, env = "LLMSERVE_ROUTER_TENANT_LIMITS")]
     pub tenant_limits: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first), e.g. `tls.crt` of a mounted
+    /// `kubernetes.io/tls` Secret; re-read when it changes.
+    #[arg(long, env = "LLMSERVE_ROUTER_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert-file` (`tls.key`).
+    #[arg(long, env = "LLMSERVE_ROUTER_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

@@ -13,6 +13,7 @@ use crate::routing::{self, Affinity, Policy};
 use crate::tenants::{self, LimitsConfig, Tenants};
 use llmserve_openai::body::BodyLimits;
 use llmserve_openai::serve::Limits;
+use llmserve_openai::tls::Tls;
 
 /// Logs as JSON lines or text, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing(format: &str) {
@@ -245,8 +246,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         header_timeout: positive("header-timeout-seconds", args.header_timeout_seconds)?,
     };
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = Tls::load(cert.clone(), key.clone()).map_err(anyhow::Error::msg)?;
+            tokio::spawn(tls.clone().follow());
+            Some(tls)
+        }
+        _ => None,
+    };
     let connections = state.metrics.connections.clone();
-    let serving = llmserve_openai::serve::spawn(listener, api::app(state, &prefix), limits, connections);
+    let serving = llmserve_openai::serve::spawn_with_tls(listener, api::app(state, &prefix), limits, connections, tls);
     llmserve_openai::serve::shutdown_signal().await;
     serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
     Ok(())
