@@ -1,5 +1,5 @@
-//! Token sampling: greedy, temperature, top-k, top-p, presence and frequency penalties, stop
-//! tokens; seeded for reproducibility.
+//! Token sampling: greedy, temperature, top-k, top-p, presence and frequency penalties, logit
+//! bias, stop tokens; seeded for reproducibility.
 
 use std::collections::HashMap;
 
@@ -18,6 +18,9 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Subtracted per occurrence from the logit of every token already generated.
     pub frequency_penalty: f32,
+    /// Added to the logits of these tokens before choosing (OpenAI's `logit_bias`: -100 bans a
+    /// token, 100 all but forces it), greedy decoding included.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -29,6 +32,7 @@ impl Default for SamplingParams {
             seed: 0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -75,6 +79,11 @@ impl Sampler {
                 if let Some(l) = logits.get_mut(t as usize) {
                     *l -= p.presence_penalty + p.frequency_penalty * n as f32;
                 }
+            }
+        }
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += bias;
             }
         }
         if p.temperature <= 0.0 {
@@ -166,5 +175,20 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(s.sample(&mut [10.0, 0.0, 0.0, 0.0], &[]), 0);
         }
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens_greedy_or_not() {
+        let logits = [0.1f32, 3.0, 0.2, 0.3];
+        let mut banned = Sampler::new(SamplingParams { logit_bias: vec![(1, -100.0)], ..SamplingParams::greedy() });
+        assert_eq!(banned.sample(&mut logits.clone(), &[]), 3, "the argmax banned, the next one wins");
+        let forced = SamplingParams { temperature: 1.0, seed: 7, logit_bias: vec![(2, 100.0)], ..Default::default() };
+        let mut s = Sampler::new(forced);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits.clone(), &[]), 2);
+        }
+        let mut out_of_range =
+            Sampler::new(SamplingParams { logit_bias: vec![(99, 100.0)], ..SamplingParams::greedy() });
+        assert_eq!(out_of_range.sample(&mut logits.clone(), &[]), 1, "ids past the logits are ignored");
     }
 }

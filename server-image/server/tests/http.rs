@@ -495,7 +495,7 @@ async fn fields_the_server_does_not_implement_are_refused_by_name() {
     for (body, param, code) in [
         (with("logprobs", json!(5)), "logprobs", json!("unsupported")),
         (with("echo", json!(true)), "echo", json!("unsupported")),
-        (with("logit_bias", json!({"42": 10})), "logit_bias", json!("unsupported")),
+        (with("best_of", json!(3)), "best_of", json!("unsupported")),
         (with("response_format", json!({"type": "json_object"})), "response_format", json!("unsupported")),
         (with("guided_regex", json!("[a-z]+")), "guided_regex", json!("unsupported")),
         (with("repetition_penalty", json!(1.3)), "repetition_penalty", json!("unsupported")),
@@ -551,6 +551,49 @@ async fn stop_lists_are_bounded_and_a_tiny_temperature_is_greedy() {
     let (s, tiny) = json_call(&app, "POST", "/v1/completions", Some(with("temperature", json!(1e-38)))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(tiny["choices"][0]["text"], greedy["choices"][0]["text"], "1e-38 acts as greedy");
+}
+
+/// `logit_bias` moves greedy decoding as OpenAI's does (-100 bans a token, 100 forces it) and
+/// refuses what is no token id of the model or out of range; `seed` takes the whole u64 range.
+#[tokio::test]
+async fn logit_bias_bans_and_forces_tokens_and_seeds_span_u64() {
+    let (state, app) = loaded(&[]);
+    let tokenizer = state.loaded.get().unwrap().tokenizer.clone();
+    let base = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0});
+    let with = |key: &str, value: Value| {
+        let mut b = base.clone();
+        b[key] = value;
+        b
+    };
+    let (_, plain) = json_call(&app, "POST", "/v1/completions", Some(base.clone())).await;
+    let text = plain["choices"][0]["text"].as_str().unwrap().to_string();
+    let first = tokenizer.encode(&format!("Once upon a time{text}")).unwrap()
+        [tokenizer.encode("Once upon a time").unwrap().len()];
+    let (s, banned) =
+        json_call(&app, "POST", "/v1/completions", Some(with("logit_bias", json!({first.to_string(): -100})))).await;
+    assert_eq!(s, StatusCode::OK, "{banned}");
+    assert_ne!(banned["choices"][0]["text"], plain["choices"][0]["text"], "the greedy first token is banned");
+    let forced_id = tokenizer.encode(" dog").unwrap().last().copied().unwrap();
+    let (_, forced) =
+        json_call(&app, "POST", "/v1/completions", Some(with("logit_bias", json!({forced_id.to_string(): 100})))).await;
+    let one = tokenizer.decode(&[forced_id]).unwrap();
+    assert_eq!(forced["choices"][0]["text"].as_str().unwrap(), one.repeat(8), "every token forced: {forced}");
+    for bad in [json!({"512": 1}), json!({"x": 1}), json!({"5": 101}), json!({"5": "1"}), json!([1])] {
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(with("logit_bias", bad.clone()))).await;
+        assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!("logit_bias")), "{bad}: {v}");
+    }
+    let sampled = |seed: Value| {
+        let mut b = with("temperature", json!(1.0));
+        b["seed"] = seed;
+        let app = app.clone();
+        async move { json_call(&app, "POST", "/v1/completions", Some(b)).await }
+    };
+    let (s, a) = sampled(json!(u64::MAX)).await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    let (_, b) = sampled(json!(i64::MAX)).await;
+    assert_ne!(a["choices"][0]["text"], b["choices"][0]["text"], "seeds past i64::MAX are their own seeds");
+    assert_eq!(sampled(json!(u64::MAX)).await.1["choices"][0]["text"], a["choices"][0]["text"], "and repeat");
+    assert_eq!(sampled(json!(-1)).await.0, StatusCode::OK);
 }
 
 /// The request that stopped a replica for good: non-ASCII text, a high temperature and stop

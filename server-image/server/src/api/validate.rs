@@ -35,6 +35,7 @@ const GENERATION_FIELDS: &[&str] = &[
     "top_p",
     "top_k",
     "presence_penalty",
+    "logit_bias",
     "frequency_penalty",
     "n",
     "seed",
@@ -57,7 +58,6 @@ const UNSUPPORTED: &[(&str, &[&str])] = &[
     ("top_logprobs", &["0"]),
     ("echo", &["false"]),
     ("best_of", &["1"]),
-    ("logit_bias", &["{}"]),
     ("suffix", &["\"\""]),
     ("tools", &["[]"]),
     ("tool_choice", &["\"none\""]),
@@ -197,6 +197,33 @@ fn stop_strings(body: &serde_json::Map<String, Value>) -> Result<Vec<String>, Ap
     Ok(stops)
 }
 
+/// At most this many `logit_bias` entries (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+
+/// `logit_bias`: `{"token id": bias}`, ids within the model's vocabulary, biases in [-100, 100].
+fn logit_bias(body: &serde_json::Map<String, Value>, state: &AppState) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match body.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) if m.len() <= MAX_LOGIT_BIAS => m,
+        Some(_) => {
+            let msg = format!("`logit_bias` must be an object of at most {MAX_LOGIT_BIAS} token ids and biases");
+            return Err(ApiError::invalid("logit_bias", msg));
+        }
+    };
+    let vocab = state.loaded.get().map_or(usize::MAX, |l| l.model_vocab_size);
+    let mut out = Vec::with_capacity(map.len());
+    for (id, bias) in map {
+        let token = id.parse::<u32>().ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
+            ApiError::invalid("logit_bias", format!("`logit_bias` key {id:?} is not a token id of this model"))
+        })?;
+        let bias = bias.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(|| {
+            ApiError::invalid("logit_bias", format!("`logit_bias` value of token {token} must be between -100 and 100"))
+        })?;
+        out.push((token, bias as f32));
+    }
+    Ok(out)
+}
+
 /// Validates sampling and length fields for `prompt` and builds the engine request.
 /// `default_max_tokens` is OpenAI's default for the route (16 for completions; the rest of the
 /// context for chat).
@@ -269,10 +296,14 @@ pub fn generation(
     {
         return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
-    let seed = match integer(body, "seed")? {
-        Some(s) => s as u64,
-        None => state.next_seed(),
+    let seed = match body.get("seed") {
+        None | Some(Value::Null) => state.next_seed(),
+        // The whole u64 range, and negative seeds as their two's complement (vLLM takes both).
+        Some(Value::Number(n)) if n.is_u64() => n.as_u64().unwrap_or_default(),
+        Some(Value::Number(n)) if n.is_i64() => n.as_i64().unwrap_or_default() as u64,
+        Some(_) => return Err(ApiError::invalid("seed", "`seed` must be an integer")),
     };
+    let logit_bias = logit_bias(body, state)?;
     let stop = stop_strings(body)?;
     let stop_token_ids = match body.get("stop_token_ids") {
         None | Some(Value::Null) => Vec::new(),
@@ -304,6 +335,7 @@ pub fn generation(
                 seed,
                 presence_penalty,
                 frequency_penalty,
+                logit_bias,
             },
             max_tokens,
             stop,
