@@ -652,3 +652,28 @@ async fn long_prompts_are_chunked_under_the_token_budget() {
     assert_eq!((s, t), (StatusCode::OK, StatusCode::OK), "{b}");
     assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
 }
+
+/// Chat `content` as an array of text parts renders as the same prompt as the joined string;
+/// other part types are a 400 naming the part.
+#[tokio::test]
+async fn chat_content_parts_are_text_or_refused_by_name() {
+    let (_, app) = loaded(&[]);
+    let chat = |content: Value| json!({"model": "stories260k", "messages": [{"role": "user", "content": content}], "max_tokens": 6, "temperature": 0});
+    let (s, joined) = json_call(&app, "POST", "/v1/chat/completions", Some(chat(json!("Once upon\na time")))).await;
+    assert_eq!(s, StatusCode::OK, "{joined}");
+    let parts = json!([{"type": "text", "text": "Once upon"}, {"type": "text", "text": "a time"}]);
+    let (s, split) = json_call(&app, "POST", "/v1/chat/completions", Some(chat(parts))).await;
+    assert_eq!(s, StatusCode::OK, "{split}");
+    assert_eq!(split["choices"][0]["message"]["content"], joined["choices"][0]["message"]["content"]);
+    assert_eq!(split["usage"]["prompt_tokens"], joined["usage"]["prompt_tokens"]);
+    for (content, param) in [
+        (json!([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]), "messages[0].content[0].type"),
+        (json!([{"type": "text", "text": "a"}, {"type": "input_audio\n\u{202e}"}]), "messages[0].content[1].type"),
+        (json!([{"text": "no type"}]), "messages[0].content[0].type"),
+        (json!([{"type": "text", "text": 5}]), "messages[0].content[0]"),
+    ] {
+        let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat(content.clone()))).await;
+        assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!(param)), "{content}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().contains('\n'), "{v}");
+    }
+}

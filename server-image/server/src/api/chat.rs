@@ -21,6 +21,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         Some(_) => return Err(ApiError::invalid("messages", "`messages` must be a non-empty list")),
         None => return Err(ApiError::invalid("messages", "`messages` is required")),
     };
+    let mut plain = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let ok = m
             .get("role")
@@ -33,7 +34,9 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
                 "each message needs a known `role` and a `content`",
             ));
         }
+        plain.push(text_content(i, m)?);
     }
+    let messages = &plain;
     let template = loaded
         .chat_template
         .as_deref()
@@ -43,6 +46,35 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
     let prompt = validate::encode(&loaded.tokenizer, text, "messages").await?;
     let valid = validate::generation(&body, &state, prompt, None)?;
     respond(&state, valid, Kind::Chat).await
+}
+
+/// `message` with its `content` as one string, as chat templates expect it: an array of content
+/// parts becomes its text parts joined by newlines (as vLLM joins them); a part of another type
+/// (an image, audio, a file) is a 400 naming it, since this server serves text models.
+fn text_content(i: usize, message: &Value) -> Result<Value, ApiError> {
+    let Some(Value::Array(parts)) = message.get("content") else { return Ok(message.clone()) };
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let param = format!("messages[{i}].content[{j}]");
+        match (part.get("type").and_then(Value::as_str), part.get("text")) {
+            (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
+            (Some("text"), _) => return Err(ApiError::invalid(&param, "a text part needs a string `text`")),
+            (Some(kind), _) => {
+                // Echoed back bounded and on one line, whatever the client sent.
+                let kind: String = kind.chars().filter(|c| !c.is_control()).take(40).collect();
+                return Err(ApiError::invalid(
+                    &format!("{param}.type"),
+                    format!("content parts of type `{kind}` are not supported: this model reads text only"),
+                ));
+            }
+            (None, _) => return Err(ApiError::invalid(&format!("{param}.type"), "each content part needs a `type`")),
+        }
+    }
+    let mut out = message.clone();
+    if let Some(content) = out.get_mut("content") {
+        *content = Value::String(texts.join("\n"));
+    }
+    Ok(out)
 }
 
 /// Renders `messages` through a Hugging Face chat template (Jinja), asking for the assistant turn.
