@@ -658,7 +658,10 @@ async fn long_prompts_are_chunked_under_the_token_budget() {
 #[tokio::test]
 async fn chat_content_parts_are_text_or_refused_by_name() {
     let (_, app) = loaded(&[]);
-    let chat = |content: Value| json!({"model": "stories260k", "messages": [{"role": "user", "content": content}], "max_tokens": 6, "temperature": 0});
+    let chat = |content: Value| {
+        let messages = json!([{"role": "user", "content": content}]);
+        json!({"model": "stories260k", "messages": messages, "max_tokens": 6, "temperature": 0})
+    };
     let (s, joined) = json_call(&app, "POST", "/v1/chat/completions", Some(chat(json!("Once upon\na time")))).await;
     assert_eq!(s, StatusCode::OK, "{joined}");
     let parts = json!([{"type": "text", "text": "Once upon"}, {"type": "text", "text": "a time"}]);
