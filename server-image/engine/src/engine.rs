@@ -13,7 +13,7 @@ use tokio::sync::mpsc as tmpsc;
 use crate::error::{Error, Result};
 use crate::metrics::EngineMetrics;
 use crate::model::{KvCache, Model, StepSeq};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
@@ -68,6 +68,8 @@ pub enum Event {
         id: u32,
         /// Text it completes.
         text: String,
+        /// Its log-probabilities, when the request asked for them.
+        logprobs: Option<TokenLogprobs>,
     },
     /// The last event.
     Finished {
@@ -401,7 +403,8 @@ impl Core {
             if computed < seq.tokens.len() {
                 continue; // a prefill chunk; no token yet
             }
-            let next = seq.sampler.sample(&mut row, seq.tokens.get(seq.req.prompt.len()..).unwrap_or_default());
+            let (next, logprobs) =
+                seq.sampler.sample_with_logprobs(&mut row, seq.tokens.get(seq.req.prompt.len()..).unwrap_or_default());
             seq.tokens.push(next);
             self.sched.append_token(s.key, next);
             if let Some(m) = &self.metrics {
@@ -439,7 +442,7 @@ impl Core {
             };
             // EOS and stop ids are not output: they send only text still held back, if any.
             let silent = (is_eos || is_stop_id) && text.is_empty();
-            if !silent && seq.tx.send(Event::Token { id: next, text }).is_err() {
+            if !silent && seq.tx.send(Event::Token { id: next, text, logprobs }).is_err() {
                 finish = Some(FinishReason::Abort); // the client went away
             }
             if let Some(reason) = finish {

@@ -21,6 +21,9 @@ pub struct SamplingParams {
     /// Added to the logits of these tokens before choosing (OpenAI's `logit_bias`: -100 bans a
     /// token, 100 all but forces it), greedy decoding included.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Report the chosen token's log-probability and this many most likely alternatives
+    /// (`None`: report nothing).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +36,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -42,6 +46,38 @@ impl SamplingParams {
     pub fn greedy() -> Self {
         SamplingParams { temperature: 0.0, ..Default::default() }
     }
+}
+
+/// The log-probabilities of one sampled token, from the distribution the sampler chose from: the
+/// logits after penalties, logit bias and temperature (a temperature of 0 counts as 1), before
+/// top-k and top-p truncation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-probabilities of `logits` scaled by `1 / temperature`: the chosen token's and the `top`
+/// most likely.
+fn logprobs_of(logits: &[f32], temperature: f32, chosen: u32, top: usize) -> TokenLogprobs {
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l / t));
+    let log_total = logits.iter().map(|&l| (l / t - max).exp()).sum::<f32>().ln() + max;
+    let lp = |id: u32| logits.get(id as usize).map_or(f32::NEG_INFINITY, |&l| l / t - log_total);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            let v = l / t;
+            if best.len() < top || best.last().is_some_and(|&(_, w)| v > w) {
+                let at = best.partition_point(|&(_, w)| w >= v);
+                best.insert(at, (i as u32, v));
+                best.truncate(top);
+            }
+        }
+    }
+    TokenLogprobs { logprob: lp(chosen), top: best.into_iter().map(|(i, v)| (i, v - log_total)).collect() }
 }
 
 /// A seeded sampler for one sequence (SplitMix64: small, fast, reproducible across platforms).
@@ -65,6 +101,15 @@ impl Sampler {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Picks the next token from `logits`, given the tokens generated so far, with its
+    /// log-probabilities when the parameters ask for them.
+    pub fn sample_with_logprobs(&mut self, logits: &mut [f32], generated: &[u32]) -> (u32, Option<TokenLogprobs>) {
+        let token = self.sample(logits, generated);
+        // `sample` leaves the penalties and bias applied to `logits`: the distribution it drew from.
+        let logprobs = self.params.logprobs.map(|top| logprobs_of(logits, self.params.temperature, token, top));
+        (token, logprobs)
     }
 
     /// Picks the next token from `logits`, given the tokens generated so far.
@@ -190,5 +235,34 @@ mod tests {
         let mut out_of_range =
             Sampler::new(SamplingParams { logit_bias: vec![(99, 100.0)], ..SamplingParams::greedy() });
         assert_eq!(out_of_range.sample(&mut logits.clone(), &[]), 1, "ids past the logits are ignored");
+    }
+
+    #[test]
+    fn logprobs_come_from_the_distribution_sampled() {
+        let logits = [1.0f32, 3.0, 2.0, 0.0];
+        let params = SamplingParams { logprobs: Some(2), ..SamplingParams::greedy() };
+        let (t, lp) = Sampler::new(params).sample_with_logprobs(&mut logits.clone(), &[]);
+        let lp = lp.unwrap();
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert_eq!(t, 1);
+        assert!((lp.logprob - (3.0f32.exp() / total).ln()).abs() < 1e-5);
+        assert_eq!(lp.top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2], "most likely first");
+        assert!((lp.top[1].1 - (2.0f32.exp() / total).ln()).abs() < 1e-5);
+        // Temperature 2 flattens the distribution; a bias moves it.
+        let params = SamplingParams {
+            temperature: 2.0,
+            seed: 3,
+            logprobs: Some(0),
+            logit_bias: vec![(3, 5.0)],
+            ..Default::default()
+        };
+        let (t, lp) = Sampler::new(params).sample_with_logprobs(&mut logits.clone(), &[]);
+        let scaled = [0.5f32, 1.5, 1.0, 2.5];
+        let total: f32 = scaled.iter().map(|l| l.exp()).sum();
+        let lp = lp.unwrap();
+        assert!((lp.logprob - (scaled[t as usize].exp() / total).ln()).abs() < 1e-5);
+        assert!(lp.top.is_empty());
+        let none = Sampler::new(SamplingParams::greedy()).sample_with_logprobs(&mut logits.clone(), &[]);
+        assert_eq!(none, (1, None));
     }
 }

@@ -493,7 +493,6 @@ async fn fields_the_server_does_not_implement_are_refused_by_name() {
         b
     };
     for (body, param, code) in [
-        (with("logprobs", json!(5)), "logprobs", json!("unsupported")),
         (with("echo", json!(true)), "echo", json!("unsupported")),
         (with("best_of", json!(3)), "best_of", json!("unsupported")),
         (with("response_format", json!({"type": "json_object"})), "response_format", json!("unsupported")),
@@ -678,5 +677,101 @@ async fn chat_content_parts_are_text_or_refused_by_name() {
         let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat(content.clone()))).await;
         assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!(param)), "{content}: {v}");
         assert!(!v["error"]["message"].as_str().unwrap().contains('\n'), "{v}");
+    }
+}
+
+/// The data chunks of an SSE body, `[DONE]` left out.
+fn sse_chunks(body: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// Log-probabilities in OpenAI's two shapes, whole and streamed: one entry per generated token,
+/// the tokens spell the text, greedy picks the most likely token, alternatives are ranked and
+/// as many as asked, the streamed entries equal the whole answer's, bad values are 400s.
+#[tokio::test]
+async fn logprobs_in_both_shapes_whole_and_streamed() {
+    let (_, app) = loaded(&[]);
+    let body = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0,
+        "logprobs": 3});
+    let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let choice = &v["choices"][0];
+    let lp = &choice["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.len(), 12);
+    assert_eq!(tokens.concat(), choice["text"].as_str().unwrap(), "the tokens spell the text");
+    let mut at = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert_eq!(top.len(), 3, "{top:?}");
+        let best = top.values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert!(chosen <= 0.0 && (chosen - best).abs() < 1e-6, "greedy takes the most likely: {chosen} {top:?}");
+        assert_eq!(lp["text_offset"][i], at);
+        at += token.len();
+    }
+    let mut streamed = body.clone();
+    streamed["stream"] = true.into();
+    let (_, _, b) = call(&app, "POST", "/v1/completions", Some(streamed)).await;
+    let chunks = sse_chunks(&b);
+    let streamed_lps: Vec<f64> = chunks
+        .iter()
+        .flat_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array().cloned().unwrap_or_default())
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let whole_lps: Vec<f64> = lp["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(streamed_lps, whole_lps, "a stream carries the same entries, each with its text");
+
+    let chat = json!({"model": "stories260k", "messages": [{"role": "user", "content": "Once upon a time"}],
+        "max_tokens": 8, "temperature": 1.0, "seed": 5, "logprobs": true, "top_logprobs": 2});
+    let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 8);
+    let text: String = content.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(text, v["choices"][0]["message"]["content"].as_str().unwrap());
+    for e in content {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64(), "ranked: {top:?}");
+        assert!(e["logprob"].as_f64().unwrap() <= top[0]["logprob"].as_f64().unwrap() + 1e-6);
+        assert_eq!(e["bytes"].as_array().unwrap().len(), e["token"].as_str().unwrap().len());
+    }
+    let mut streamed = chat.clone();
+    streamed["stream"] = true.into();
+    let (_, _, b) = call(&app, "POST", "/v1/chat/completions", Some(streamed)).await;
+    let entries: Vec<Value> = sse_chunks(&b)
+        .iter()
+        .flat_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(&entries, content, "the seeded stream carries the same entries");
+
+    let without = json!({"model": "stories260k", "prompt": "Once", "max_tokens": 2});
+    let (_, v) = json_call(&app, "POST", "/v1/completions", Some(without)).await;
+    assert!(v["choices"][0]["logprobs"].is_null(), "none unless asked");
+    for (body, route, param) in [
+        (json!({"prompt": "x", "logprobs": 21}), "/v1/completions", "logprobs"),
+        (json!({"prompt": "x", "logprobs": true}), "/v1/completions", "logprobs"),
+        (json!({"messages": [{"role": "user", "content": "x"}], "logprobs": 3}), "/v1/chat/completions", "logprobs"),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+            "/v1/chat/completions",
+            "top_logprobs",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": -1}),
+            "/v1/chat/completions",
+            "top_logprobs",
+        ),
+    ] {
+        let mut body = body;
+        body["model"] = "stories260k".into();
+        let (s, v) = json_call(&app, "POST", route, Some(body.clone())).await;
+        assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!(param)), "{body}: {v}");
     }
 }

@@ -9,7 +9,11 @@ use axum::Json;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, stream};
+use std::sync::Arc;
+
 use llmserve_engine::engine::{Event, RequestStream, SubmitError};
+use llmserve_engine::sampling::TokenLogprobs;
+use llmserve_engine::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
@@ -34,6 +38,8 @@ fn usage(prompt: usize, completion: usize) -> Value {
 /// Submits `valid` and answers it.
 pub async fn respond(state: &AppState, valid: ValidGeneration, kind: Kind) -> Result<Response, ApiError> {
     let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
+    let with_logprobs = valid.request.sampling.logprobs.is_some();
+    let last_prompt_token = valid.request.prompt.last().copied();
     let stream = loaded.engine.submit(valid.request).map_err(|e| match e {
         SubmitError::QueueFull => {
             state.http.rejected.with_label_values(&[&state.model_id, crate::http_metrics::REJECTED_QUEUE_FULL]).inc();
@@ -46,8 +52,13 @@ pub async fn respond(state: &AppState, valid: ValidGeneration, kind: Kind) -> Re
         Kind::Completion => format!("cmpl-{:016x}{:08x}", state.created, n),
         Kind::Chat => format!("chatcmpl-{:016x}{:08x}", state.created, n),
     };
-    let head = Head { id, created: now(), model: state.model_id.clone(), kind };
-    if valid.stream { Ok(sse(head, stream, valid.include_usage)) } else { whole(head, stream).await }
+    let tokenizer = loaded.tokenizer.clone();
+    let head = Head { id, created: now(), model: state.model_id.clone(), kind, tokenizer, last_prompt_token };
+    if valid.stream {
+        Ok(sse(head, stream, valid.include_usage, with_logprobs))
+    } else {
+        whole(head, stream, with_logprobs).await
+    }
 }
 
 fn now() -> u64 {
@@ -59,13 +70,83 @@ struct Head {
     created: u64,
     model: String,
     kind: Kind,
+    tokenizer: Arc<Tokenizer>,
+    last_prompt_token: Option<u32>,
+}
+
+/// A token's log-probabilities with the token (and its alternatives) as text.
+struct Entry {
+    token: String,
+    logprob: f32,
+    top: Vec<(String, f32)>,
+}
+
+/// Completions' `top_logprobs` entry: token text to log-probability.
+fn top_map(top: &[(String, f32)]) -> serde_json::Map<String, Value> {
+    top.iter().map(|(t, l)| (t.clone(), json!(finite(*l)))).collect()
+}
+
+/// JSON has no infinities: vLLM's stand-in for a log-probability of minus infinity.
+fn finite(lp: f32) -> f64 {
+    if lp.is_finite() { f64::from(lp) } else { -9999.0 }
 }
 
 impl Head {
-    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+    /// The entry of token `id`, which followed `prev`. A token's text is what it adds after
+    /// `prev`: decoded alone, a SentencePiece token loses its leading space.
+    fn entry(&self, prev: Option<u32>, id: u32, lp: TokenLogprobs) -> Entry {
+        let alone = |id: u32| self.tokenizer.decode(&[id]).unwrap_or_default();
+        let text = |id: u32| {
+            let Some(prev) = prev else { return alone(id) };
+            let (before, after) = (self.tokenizer.decode(&[prev]), self.tokenizer.decode(&[prev, id]));
+            match (before, after) {
+                (Ok(b), Ok(a)) => a.strip_prefix(b.as_str()).map(String::from).unwrap_or_else(|| alone(id)),
+                _ => alone(id),
+            }
+        };
+        Entry { token: text(id), logprob: lp.logprob, top: lp.top.into_iter().map(|(t, l)| (text(t), l)).collect() }
+    }
+
+    /// The `logprobs` of a choice in this family's shape; `offset` is where the entries' text
+    /// starts in the choice's text (completions' `text_offset`).
+    fn logprobs(&self, entries: &[Entry], offset: usize) -> Value {
+        match self.kind {
+            Kind::Completion => {
+                let mut at = offset;
+                let mut offsets = Vec::with_capacity(entries.len());
+                for e in entries {
+                    offsets.push(at);
+                    at += e.token.len();
+                }
+                json!({
+                    "tokens": entries.iter().map(|e| e.token.as_str()).collect::<Vec<_>>(),
+                    "token_logprobs": entries.iter().map(|e| finite(e.logprob)).collect::<Vec<_>>(),
+                    "top_logprobs": entries.iter().map(|e| top_map(&e.top)).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => {
+                let one = |t: &str, l: f32| json!({"token": t, "logprob": finite(l), "bytes": t.as_bytes()});
+                let content: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        let mut entry = one(&e.token, e.logprob);
+                        if let Some(o) = entry.as_object_mut() {
+                            o.insert("top_logprobs".into(), e.top.iter().map(|(t, l)| one(t, *l)).collect());
+                        }
+                        entry
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+        }
+    }
+
+    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>, logprobs: Option<Value>) -> Value {
+        let logprobs = logprobs.unwrap_or(Value::Null);
         let choice = match self.kind {
             Kind::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -75,7 +156,7 @@ impl Head {
                 if let Some(t) = text {
                     delta.insert("content".into(), t.into());
                 }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
         };
         let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
@@ -83,20 +164,27 @@ impl Head {
     }
 }
 
-async fn whole(head: Head, mut stream: RequestStream) -> Result<Response, ApiError> {
+async fn whole(head: Head, mut stream: RequestStream, with_logprobs: bool) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut entries = Vec::new();
+    let mut prev = head.last_prompt_token;
     loop {
         match stream.next().await {
-            Some(Event::Token { text: t, .. }) => text.push_str(&t),
+            Some(Event::Token { id, text: t, logprobs }) => {
+                text.push_str(&t);
+                entries.extend(logprobs.map(|lp| head.entry(prev, id, lp)));
+                prev = Some(id);
+            }
             Some(Event::Finished { error: Some(e), .. }) => return Err(ApiError::internal(e)),
             Some(Event::Finished { reason, prompt_tokens, completion_tokens, .. }) => {
+                let logprobs = if with_logprobs { head.logprobs(&entries, 0) } else { Value::Null };
                 let choice = match head.kind {
                     Kind::Completion => {
-                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str()})
+                        json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason.as_str()})
                     }
                     Kind::Chat => {
                         let message = json!({"role": "assistant", "content": text});
-                        json!({"index": 0, "message": message, "logprobs": null, "finish_reason": reason.as_str()})
+                        json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reason.as_str()})
                     }
                 };
                 let object = if head.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
@@ -117,39 +205,81 @@ enum Phase {
     Done,
 }
 
-fn sse(head: Head, stream: RequestStream, include_usage: bool) -> Response {
-    let events = stream::unfold((head, stream, Phase::Start), move |(head, mut stream, phase)| async move {
+/// What a stream carries between chunks: log-probability entries of tokens whose text is still
+/// held back (a stop string may follow, or a character is incomplete), sent with the next text,
+/// and the length of the text sent so far (completions' `text_offset`).
+struct Flow {
+    head: Head,
+    stream: RequestStream,
+    phase: Phase,
+    pending: Vec<Entry>,
+    sent: usize,
+    prev: Option<u32>,
+}
+
+impl Flow {
+    /// The pending entries in this family's shape, if the request asked for log-probabilities.
+    fn take_logprobs(&mut self, with_logprobs: bool) -> Option<Value> {
+        if !with_logprobs {
+            return None;
+        }
+        let v = self.head.logprobs(&self.pending, self.sent);
+        self.pending.clear();
+        Some(v)
+    }
+}
+
+fn sse(head: Head, stream: RequestStream, include_usage: bool, with_logprobs: bool) -> Response {
+    let prev = head.last_prompt_token;
+    let flow = Flow { head, stream, phase: Phase::Start, pending: Vec::new(), sent: 0, prev };
+    let events = stream::unfold(flow, move |mut f| async move {
         let data = |v: &Value| SseEvent::default().data(v.to_string());
-        match phase {
-            Phase::Start if head.kind == Kind::Chat => {
-                let first = vec![data(&head.chunk(Some(""), true, None))];
-                Some((first, (head, stream, Phase::Running)))
+        match f.phase {
+            Phase::Start if f.head.kind == Kind::Chat => {
+                let first = vec![data(&f.head.chunk(Some(""), true, None, None))];
+                f.phase = Phase::Running;
+                Some((first, f))
             }
             Phase::Start | Phase::Running => {
-                let out = match stream.next().await {
-                    Some(Event::Token { text, .. }) if text.is_empty() => Vec::new(),
-                    Some(Event::Token { text, .. }) => vec![data(&head.chunk(Some(&text), false, None))],
+                f.phase = Phase::Running;
+                let out = match f.stream.next().await {
+                    Some(Event::Token { id, text, logprobs }) => {
+                        if let Some(lp) = logprobs {
+                            let e = f.head.entry(f.prev, id, lp);
+                            f.pending.push(e);
+                        }
+                        f.prev = Some(id);
+                        if text.is_empty() {
+                            Vec::new()
+                        } else {
+                            let lp = f.take_logprobs(with_logprobs);
+                            f.sent += text.len();
+                            vec![data(&f.head.chunk(Some(&text), false, None, lp))]
+                        }
+                    }
                     Some(Event::Finished { error: Some(e), .. }) => {
                         vec![data(&ApiError::internal(e).body()), SseEvent::default().data("[DONE]")]
                     }
                     Some(Event::Finished { reason, prompt_tokens, completion_tokens, .. }) => {
-                        let mut v = vec![data(&head.chunk(None, false, Some(reason.as_str())))];
+                        let lp = if f.pending.is_empty() { None } else { f.take_logprobs(with_logprobs) };
+                        let mut v = vec![data(&f.head.chunk(None, false, Some(reason.as_str()), lp))];
                         if include_usage {
-                            let object =
-                                if head.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+                            let h = &f.head;
+                            let object = if h.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
                             v.push(data(&json!({
-                                "id": head.id, "object": object, "created": head.created, "model": head.model,
+                                "id": h.id, "object": object, "created": h.created, "model": h.model,
                                 "choices": [], "usage": usage(prompt_tokens, completion_tokens),
                             })));
                         }
                         v.push(SseEvent::default().data("[DONE]"));
-                        return Some((v, (head, stream, Phase::Done)));
+                        f.phase = Phase::Done;
+                        return Some((v, f));
                     }
                     None => {
                         vec![data(&ApiError::internal("the engine stopped").body()), SseEvent::default().data("[DONE]")]
                     }
                 };
-                Some((out, (head, stream, Phase::Running)))
+                Some((out, f))
             }
             Phase::Done => None,
         }

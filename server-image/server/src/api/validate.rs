@@ -36,6 +36,8 @@ const GENERATION_FIELDS: &[&str] = &[
     "top_k",
     "presence_penalty",
     "logit_bias",
+    "logprobs",
+    "top_logprobs",
     "frequency_penalty",
     "n",
     "seed",
@@ -54,8 +56,6 @@ pub const CHAT_FIELDS: &[&str] = &["messages", "parallel_tool_calls"];
 /// Fields of OpenAI's and vLLM's APIs this server does not implement, each with the values that ask
 /// for nothing (accepted, as clients send them by default); any other value is refused.
 const UNSUPPORTED: &[(&str, &[&str])] = &[
-    ("logprobs", &["false"]),
-    ("top_logprobs", &["0"]),
     ("echo", &["false"]),
     ("best_of", &["1"]),
     ("suffix", &["\"\""]),
@@ -197,6 +197,33 @@ fn stop_strings(body: &serde_json::Map<String, Value>) -> Result<Vec<String>, Ap
     Ok(stops)
 }
 
+/// Most alternatives per token `logprobs` / `top_logprobs` may ask for (vLLM's default limit).
+pub const MAX_LOGPROBS: usize = 20;
+
+/// Completions' `logprobs: N` (an integer), or chat's `logprobs: true` with `top_logprobs: N`.
+fn logprobs(body: &serde_json::Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    let bounded = |key: &str, n: i64| -> Result<usize, ApiError> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= MAX_LOGPROBS)
+            .ok_or_else(|| ApiError::invalid(key, format!("`{key}` must be between 0 and {MAX_LOGPROBS}, got {n}")))
+    };
+    let chat = body.contains_key("messages");
+    let top = integer(body, "top_logprobs")?;
+    match (chat, body.get("logprobs")) {
+        (_, None | Some(Value::Null) | Some(Value::Bool(false))) => match top {
+            Some(n) if n > 0 => Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`")),
+            _ => Ok(None),
+        },
+        (true, Some(Value::Bool(true))) => Ok(Some(bounded("top_logprobs", top.unwrap_or(0))?)),
+        (true, Some(_)) => Err(ApiError::invalid("logprobs", "`logprobs` must be a boolean (set `top_logprobs`)")),
+        (false, Some(Value::Number(n))) if n.is_i64() || n.is_u64() => {
+            Ok(Some(bounded("logprobs", n.as_i64().unwrap_or(i64::MAX))?))
+        }
+        (false, Some(_)) => Err(ApiError::invalid("logprobs", "`logprobs` must be an integer")),
+    }
+}
+
 /// At most this many `logit_bias` entries (OpenAI's limit).
 pub const MAX_LOGIT_BIAS: usize = 300;
 
@@ -304,6 +331,7 @@ pub fn generation(
         Some(_) => return Err(ApiError::invalid("seed", "`seed` must be an integer")),
     };
     let logit_bias = logit_bias(body, state)?;
+    let logprobs = logprobs(body)?;
     let stop = stop_strings(body)?;
     let stop_token_ids = match body.get("stop_token_ids") {
         None | Some(Value::Null) => Vec::new(),
@@ -336,6 +364,7 @@ pub fn generation(
                 presence_penalty,
                 frequency_penalty,
                 logit_bias,
+                logprobs,
             },
             max_tokens,
             stop,

@@ -1,5 +1,6 @@
 """The official `openai` Python client against a running `llmserve-server` on stories260k."""
 
+import math
 import signal
 import threading
 import time
@@ -55,6 +56,40 @@ def test_streamed_chat_equals_whole_chat(client):
     assert "".join(pieces) == whole.choices[0].message.content
     assert reference("tom_and_lily_went.txt").startswith("Tom and Lily went" + whole.choices[0].message.content)
     assert finish == "length" and usage.completion_tokens == 16
+
+
+def test_logprobs_parse_in_the_clients_types(client):
+
+    r = client.completions.create(model="stories", prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert all(
+        len(top) == 2 and max(top.values()) == pytest.approx(x)
+        for top, x in zip(lp.top_logprobs, lp.token_logprobs, strict=True)
+    )
+    msgs = [{"role": "user", "content": "Tom and Lily went"}]
+    chat = client.chat.completions.create(
+        model="stories", messages=msgs, max_tokens=6, temperature=0.8, seed=1, logprobs=True, top_logprobs=3
+    )
+    content = chat.choices[0].logprobs.content
+    assert "".join(e.token for e in content) == chat.choices[0].message.content
+    # The alternatives of a token are a distribution's head: their probabilities sum to at most 1.
+    assert all(
+        len(e.top_logprobs) == 3 and sum(math.exp(t.logprob) for t in e.top_logprobs) <= 1 + 1e-5 for e in content
+    )
+    stream = client.chat.completions.create(
+        model="stories",
+        messages=msgs,
+        max_tokens=6,
+        temperature=0.8,
+        seed=1,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+    )
+    streamed = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
 
 
 def test_errors_reach_the_client_typed(client):
