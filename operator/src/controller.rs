@@ -312,7 +312,8 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     });
     let models = applied.models.iter().map(|(id, d)| status::model_status(id, d)).collect();
     let previously_monitored = condition_status(app, types::MONITORED);
-    update_status(ctx, app, &conds, app.metadata.generation, Some((models, build::router_url(app)))).await?;
+    let observed = status::Observed { models, router_url: build::router_url(app), auth: app.spec.auth_status() };
+    update_status(ctx, app, &conds, app.metadata.generation, Some(observed)).await?;
     ctx.settle(app);
     if new_generation {
         let note = format!(
@@ -592,14 +593,10 @@ async fn update_status(
     app: &LlmApplication,
     conds: &[Cond],
     generation: Option<i64>,
-    observed: Option<(Vec<crate::crd::ModelStatus>, String)>,
+    observed: Option<status::Observed>,
 ) -> Result<()> {
-    let (models, url) = match observed {
-        Some((m, u)) => (Some(m), Some(u)),
-        None => (None, None),
-    };
     let next: LlmApplicationStatus =
-        status::next_status(app.status.as_ref(), conds, generation, models, url, Time(jiff::Timestamp::now()));
+        status::next_status(app.status.as_ref(), conds, generation, observed, Time(jiff::Timestamp::now()));
     if app.status.as_ref() == Some(&next) {
         return Ok(());
     }

@@ -4,6 +4,8 @@
 //! field. Everything the OpenAPI schema and CEL can check is checked there, so `kubectl apply`
 //! refuses a bad spec before the operator sees it; `validate.rs` checks the rest.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -36,6 +38,7 @@ pub const MAX_MODELS: usize = 32;
     printcolumn = r#"{"name":"Models","type":"string","jsonPath":".spec.models[*].modelLoadingConfig.modelId"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired model replicas",
         "jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Auth","type":"string","description":"apiKeys or none","jsonPath":".status.auth"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // The name is part of every child's name (see `build::names`) and a label value.
     validation = Rule::new("size(self.metadata.name) <= 63").message(
@@ -72,6 +75,10 @@ pub struct LlmApplicationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterConfig>,
 
+    /// API keys and per-tenant limits at the router; unset: the router asks for no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+
     /// One switch for the application's monitoring: ServiceMonitors, the PrometheusRule of SLO
     /// alerts, and engine metrics (a model's `logEngineMetrics` still wins for its engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +94,16 @@ impl LlmApplicationSpec {
     /// Whether `model` exports engine metrics: its `logEngineMetrics`, else the app's switch.
     pub fn engine_metrics(&self, model: &ModelConfig) -> bool {
         model.log_engine_metrics.unwrap_or_else(|| self.observability_enabled())
+    }
+
+    /// The Secret of API keys the router follows, if it asks for keys.
+    pub fn api_keys_secret(&self) -> Option<&str> {
+        self.auth.as_ref().map(|a| a.api_keys.secret_ref.name.as_str())
+    }
+
+    /// What `status.auth` reports.
+    pub fn auth_status(&self) -> AuthStatus {
+        if self.auth.is_some() { AuthStatus::ApiKeys } else { AuthStatus::None }
     }
 }
 
@@ -159,7 +176,7 @@ fn default_route_prefix() -> String {
     "/".into()
 }
 
-/// The application's ingress router.
+/// The application's ingress router. Unset knobs pass no flag, so the router's defaults apply.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterConfig {
@@ -167,6 +184,119 @@ pub struct RouterConfig {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+
+    /// How a replica is picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RoutingPolicy>,
+
+    /// `prefixHash`/`kvAware`: characters of the prompt (or of the chat messages) that make the
+    /// prefix key (`--prefix-chars`); unset: 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub prefix_chars: Option<i32>,
+
+    /// `prefixHash`/`kvAware`: no replica takes more than this times the mean number of requests
+    /// in flight (`--load-factor`); unset: 1.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub load_factor: Option<f64>,
+}
+
+/// How the router picks a replica of a model (`--routing-policy`); unset: `leastOutstanding`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RoutingPolicy {
+    /// Fewest requests in flight.
+    LeastOutstanding,
+    /// Consistent hashing with bounded loads over the prompt's prefix, so that shared prefixes
+    /// meet the replica that has them cached.
+    PrefixHash,
+    /// Prefix affinity weighed against each replica's queue and KV-cache use.
+    KvAware,
+}
+
+impl RoutingPolicy {
+    /// The value `llmserve-router --routing-policy` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingPolicy::LeastOutstanding => "leastOutstanding",
+            RoutingPolicy::PrefixHash => "prefixHash",
+            RoutingPolicy::KvAware => "kvAware",
+        }
+    }
+}
+
+/// API keys at the router, and limits per tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// Where the keys are: every OpenAI route then asks for `Authorization: Bearer <key>`.
+    pub api_keys: ApiKeysConfig,
+
+    /// Limits per tenant; the keys' Secret may carry its own in the `llmserve.dev/limits`
+    /// annotation, which then wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TenantLimitsConfig>,
+}
+
+/// The Secret of API keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeysConfig {
+    /// A Secret in the application's namespace whose data entries are one tenant each (entry
+    /// name = tenant, value = key); the router follows it live and may read no other Secret.
+    pub secret_ref: SecretRef,
+}
+
+/// A Secret in the application's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')"
+    ).message(
+        "secretRef.name must be a Secret name: a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', \
+            starting and ending with a letter or digit)"
+    ))]
+    pub name: String,
+}
+
+/// `--tenant-limits`: a default for every tenant, and per-tenant entries that override it field
+/// by field.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimitsConfig {
+    /// Limits of every tenant without its own entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<TenantLimits>,
+
+    /// Per-tenant overrides, by tenant (the keys' Secret entry name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 256))]
+    #[x_kube(validation = Rule::new("self.all(t, size(t) <= 253 && t.matches('^[-._a-zA-Z0-9]+$'))").message(
+        "tenants are named as the keys' Secret entries: at most 253 letters, digits, '-', '_' and '.'"
+    ))]
+    pub tenants: BTreeMap<String, TenantLimits>,
+}
+
+/// One tenant's limits; an unset field is unlimited.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_294_967_295_i64))]
+    pub requests_per_minute: Option<i64>,
+    /// Prompt + completion tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<i64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_294_967_295_i64))]
+    pub concurrent_requests: Option<i64>,
 }
 
 fn one() -> i32 {
@@ -435,6 +565,19 @@ pub struct LlmApplicationStatus {
     /// The router's in-cluster base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_url: Option<String>,
+    /// Whether the router asks for API keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
+}
+
+/// What the router was configured to ask of clients.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthStatus {
+    /// `Authorization: Bearer <key>` with a key from `spec.auth.apiKeys`.
+    ApiKeys,
+    /// Nothing: every request is served.
+    None,
 }
 
 /// Replica counts of one model.

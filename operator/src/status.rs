@@ -3,7 +3,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{LlmApplicationStatus, ModelStatus};
+use crate::crd::{AuthStatus, LlmApplicationStatus, ModelStatus};
 
 /// Condition types.
 pub mod types {
@@ -172,22 +172,37 @@ pub fn replicas_summary(models: &[ModelStatus]) -> String {
     format!("{ready}/{desired}")
 }
 
-/// Status with conditions merged into the previous ones.
+/// What an apply of every child reports into status, beside the conditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Per-model replica counts.
+    pub models: Vec<ModelStatus>,
+    /// The router's in-cluster base URL.
+    pub router_url: String,
+    /// Whether the router was configured to ask for API keys.
+    pub auth: AuthStatus,
+}
+
+/// Status with conditions merged into the previous ones; what `observed` is `None` for (a spec
+/// that was not applied) keeps its previous value.
 pub fn next_status(
     previous: Option<&LlmApplicationStatus>,
     conds: &[Cond],
     generation: Option<i64>,
-    models: Option<Vec<ModelStatus>>,
-    router_url: Option<String>,
+    observed: Option<Observed>,
     now: Time,
 ) -> LlmApplicationStatus {
     let prev = previous.cloned().unwrap_or_default();
-    let models = models.unwrap_or(prev.models.clone());
+    let (models, router_url, auth) = match observed {
+        Some(o) => (o.models, Some(o.router_url), Some(o.auth)),
+        None => (prev.models.clone(), prev.router_url, prev.auth),
+    };
     LlmApplicationStatus {
         observed_generation: generation,
         conditions: merge_conditions(&prev.conditions, conds, generation, now),
         replicas: Some(replicas_summary(&models)),
         models,
-        router_url: router_url.or(prev.router_url),
+        router_url,
+        auth,
     }
 }

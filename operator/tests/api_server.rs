@@ -5,15 +5,21 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Service};
-use kube::Client;
+use k8s_openapi::api::core::v1::{Event, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
 use llmserve_operator::build::{prometheus_rule_resource, service_monitor_resource};
-use llmserve_operator::crd::LlmApplication;
+use llmserve_operator::crd::{AuthStatus, LlmApplication};
+use llmserve_router::tenants::{LimitsConfig, Tenants};
 use serde_json::json;
 use support::*;
 
@@ -253,6 +259,58 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
     for (what, edit, field) in cases {
         let mut app = fixture("ray-example.yaml", "bad");
         edit(&mut app["spec"]["models"][0]);
+        let err = apply_app(&client, ns, &app).await.expect_err(what);
+        let msg = err.to_string();
+        assert!(msg.contains(field), "{what}: error should name {field}: {msg}");
+    }
+    // The router's routing and auth settings (edits of `spec`).
+    let app_cases: Vec<(&str, Edit, &str)> = vec![
+        ("unknown policy", Box::new(|s| s["router"] = json!({"policy": "foo"})), "spec.router.policy"),
+        ("loadFactor below 1", Box::new(|s| s["router"] = json!({"loadFactor": 0.5})), "spec.router.loadFactor"),
+        ("zero prefixChars", Box::new(|s| s["router"] = json!({"prefixChars": 0})), "spec.router.prefixChars"),
+        (
+            "a Secret name with Unicode",
+            Box::new(|s| s["auth"] = json!({"apiKeys": {"secretRef": {"name": "kéys"}}})),
+            "spec.auth.apiKeys.secretRef.name: Invalid value",
+        ),
+        (
+            "a Secret name in upper case",
+            Box::new(|s| s["auth"] = json!({"apiKeys": {"secretRef": {"name": "Keys"}}})),
+            "must be a Secret name",
+        ),
+        (
+            "limits without keys",
+            Box::new(|s| s["auth"] = json!({"limits": {"default": {"requestsPerMinute": 5}}})),
+            "spec.auth.apiKeys: Required value",
+        ),
+        (
+            "a zero default limit",
+            Box::new(|s| {
+                s["auth"] =
+                    json!({"apiKeys": {"secretRef": {"name": "k"}}, "limits": {"default": {"requestsPerMinute": 0}}})
+            }),
+            "spec.auth.limits.default.requestsPerMinute",
+        ),
+        (
+            "a zero tenant limit",
+            Box::new(|s| {
+                s["auth"] = json!({"apiKeys": {"secretRef": {"name": "k"}},
+                    "limits": {"tenants": {"team-a": {"concurrentRequests": 0}}}})
+            }),
+            "spec.auth.limits.tenants.team-a.concurrentRequests",
+        ),
+        (
+            "a tenant no Secret entry can name",
+            Box::new(|s| {
+                s["auth"] = json!({"apiKeys": {"secretRef": {"name": "k"}},
+                    "limits": {"tenants": {"team a🙂": {"concurrentRequests": 1}}}})
+            }),
+            "spec.auth.limits.tenants: Invalid value",
+        ),
+    ];
+    for (what, edit, field) in app_cases {
+        let mut app = fixture("ray-example.yaml", "bad");
+        edit(&mut app["spec"]);
         let err = apply_app(&client, ns, &app).await.expect_err(what);
         let msg = err.to_string();
         assert!(msg.contains(field), "{what}: error should name {field}: {msg}");
@@ -570,4 +628,116 @@ async fn an_upgrade_prunes_children_an_older_operator_named_and_nothing_else() {
     assert!(deps.get_opt("up--qwen-0-5b").await.unwrap().is_some());
     let after = deps.get("up-decoy").await.unwrap();
     assert_eq!(after.metadata.resource_version, decoy.metadata.resource_version, "no owner, not pruned");
+}
+
+/// A client that is the ServiceAccount `ns/name`, with a token the API server issued for it (the
+/// identity the router's pod has).
+async fn service_account_client(admin: &Client, ns: &str, name: &str) -> Client {
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create_token_request(name, &Default::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let kc = Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    config.auth_info = serde_json::from_value(json!({"token": token})).unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn bearer(key: &str) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(axum::http::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+    h
+}
+
+fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> bool {
+    matches!(r, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+/// With `spec.auth`, the router gets `--api-keys-secret` and a Role that reads that one Secret:
+/// as the router's ServiceAccount, with a token the API server issued, the router's own Secret
+/// follower lists and watches it by `metadata.name` field selector, and no other Secret can be read.
+/// Without `spec.auth` the access goes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_reach_the_router_and_its_role_reads_that_secret_only() {
+    let ns = "api-keys";
+    let (client, _ctrl) = setup(ns).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for (name, data) in [("keys.api-keys", json!({"team-a": "key-a"})), ("other", json!({"x": "not yours"}))] {
+        let s: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
+        secrets.create(&Default::default(), &s).await.unwrap();
+    }
+    let mut app = fixture("keys.yaml", "keys");
+    apply_app(&client, ns, &app).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let router = wait_get(&deps, "keys-router").await;
+    let a = args(&router);
+    assert!(a.windows(2).any(|w| w == ["--api-keys-secret", "keys.api-keys"]), "{a:?}");
+    assert!(a.windows(2).any(|w| w == ["--routing-policy", "prefixHash"]), "{a:?}");
+    assert!(a.iter().any(|x| x == "--tenant-limits"), "{a:?}");
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    assert_eq!(wait_get(&roles, "keys-router").await.rules.unwrap().len(), 2);
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, || async { (apps.get("keys").await.ok()?.status?.auth? == AuthStatus::ApiKeys).then_some(()) })
+        .await
+        .expect("status.auth is apiKeys");
+    let cp = control_plane();
+    let out = std::process::Command::new(cp.bin.join("kubectl"))
+        .args(["get", "llmapp", "keys", "-n", ns, "--kubeconfig"])
+        .arg(&cp.kubeconfig)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let (head, row) = table.split_once('\n').unwrap_or_default();
+    let auth = head.split_whitespace().position(|c| c == "AUTH").unwrap_or_else(|| panic!("no AUTH column: {table}"));
+    assert_eq!(row.split_whitespace().nth(auth), Some("apiKeys"), "{table}");
+
+    let sa = service_account_client(&client, ns, "keys-router").await;
+    let tenants = Arc::new(Tenants::required());
+    let follower = tokio::spawn(llmserve_router::discovery::follow_keys_secret(
+        sa.clone(),
+        ns.into(),
+        "keys.api-keys".into(),
+        LimitsConfig::default(),
+        tenants.clone(),
+    ));
+    eventually(WAIT, || async { tenants.authenticate(&bearer("key-a")).ok().flatten() })
+        .await
+        .expect("the router, as its ServiceAccount, read the keys (list with the field selector)");
+    secrets
+        .patch("keys.api-keys", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"team-b": "key-b"}})))
+        .await
+        .unwrap();
+    eventually(WAIT, || async { tenants.authenticate(&bearer("key-b")).ok().flatten() })
+        .await
+        .expect("a key added later is seen (watch with the field selector)");
+    follower.abort();
+
+    let as_router: Api<Secret> = Api::namespaced(sa.clone(), ns);
+    assert!(as_router.get("keys.api-keys").await.is_ok());
+    assert!(forbidden(as_router.get("other").await), "another Secret by name");
+    assert!(forbidden(as_router.list(&ListParams::default()).await), "every Secret");
+    assert!(forbidden(as_router.list(&ListParams::default().fields("metadata.name=other")).await));
+    let mine = as_router.list(&ListParams::default().fields("metadata.name=keys.api-keys")).await.unwrap();
+    assert_eq!(mine.items.len(), 1);
+    let slices: Api<EndpointSlice> = Api::namespaced(sa.clone(), ns);
+    assert!(slices.list(&ListParams::default()).await.is_ok(), "EndpointSlices as before");
+
+    // Without auth: no flag, no Secret in the Role, status says so.
+    app["spec"].as_object_mut().unwrap().remove("auth");
+    apply_app(&client, ns, &app).await.unwrap();
+    eventually(WAIT, || async {
+        let plain = !args(&deps.get("keys-router").await.ok()?).iter().any(|x| x.starts_with("--api-keys"));
+        let one_rule = roles.get("keys-router").await.ok()?.rules?.len() == 1;
+        let none = apps.get("keys").await.ok()?.status?.auth? == AuthStatus::None;
+        (plain && one_rule && none).then_some(())
+    })
+    .await
+    .expect("auth removed from the Deployment, the Role and status");
+    let gone = eventually(WAIT, || async { forbidden(as_router.get("keys.api-keys").await).then_some(()) }).await;
+    assert!(gone.is_some(), "the router can no longer read the keys' Secret");
 }

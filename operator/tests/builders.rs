@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use llmserve_operator::build;
-use llmserve_operator::crd::LlmApplication;
+use llmserve_operator::crd::{AuthStatus, LlmApplication};
 use llmserve_operator::status::{self, Cond, reasons, types};
 use llmserve_operator::{usage, validate};
 
@@ -183,6 +183,107 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
     assert_eq!(r.spec.as_ref().unwrap().replicas, Some(2));
     assert_eq!(flag(&args_of(&r), "--route-prefix").as_deref(), Some("/llm"));
     assert_eq!(build::router_url(&app), "http://full-router.team-a.svc:8000/llm");
+}
+
+// === the router's routing and auth settings ===
+
+#[test]
+fn router_flags_and_role_follow_the_routing_and_auth_settings() {
+    let app = fixture("keys.yaml");
+    let args = args_of(&build::router_deployment(&app));
+    let tail = &args[args.iter().position(|a| a == "--backend-service").unwrap() + 2..];
+    assert_eq!(
+        tail,
+        [
+            "--routing-policy",
+            "prefixHash",
+            "--prefix-chars",
+            "512",
+            "--load-factor",
+            "1.5",
+            "--api-keys-secret",
+            "keys.api-keys",
+            "--tenant-limits",
+            concat!(
+                r#"{"default":{"requestsPerMinute":60,"tokensPerMinute":100000},"#,
+                r#""tenants":{"batch_jobs.v2":{},"team-a":{"concurrentRequests":4}}}"#
+            ),
+        ]
+    );
+    assert_eq!(args, args_of(&build::router_deployment(&app)), "deterministic");
+    let rules = build::router_role(&app).rules.unwrap();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    let secrets = &rules[1];
+    assert_eq!(secrets.api_groups.as_deref(), Some(&["".to_string()][..]));
+    assert_eq!(secrets.resources.as_deref(), Some(&["secrets".to_string()][..]));
+    assert_eq!(secrets.resource_names.as_deref(), Some(&["keys.api-keys".to_string()][..]), "that Secret only");
+    assert_eq!(secrets.verbs, ["get", "list", "watch"]);
+    assert_eq!(app.spec.auth_status(), llmserve_operator::crd::AuthStatus::ApiKeys);
+
+    // Nothing set: the argument list and the Role an app had before these settings existed.
+    let plain = fixture("ray-example.yaml");
+    assert_eq!(
+        args_of(&build::router_deployment(&plain)),
+        [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--route-prefix",
+            "/",
+            "--namespace",
+            "team-a",
+            "--endpoint-port",
+            "http",
+            "--backend-service",
+            "qwen-0.5b=ray-example--qwen-0-5b",
+        ]
+    );
+    let rules = build::router_role(&plain).rules.unwrap();
+    assert_eq!(rules.len(), 1, "no Secret without API keys: {rules:?}");
+    assert_eq!(plain.spec.auth_status(), llmserve_operator::crd::AuthStatus::None);
+
+    // Only what is set becomes a flag.
+    let mut some = fixture("keys.yaml");
+    let router = some.spec.router.as_mut().unwrap();
+    (router.policy, router.prefix_chars) = (Some(llmserve_operator::crd::RoutingPolicy::KvAware), None);
+    some.spec.auth.as_mut().unwrap().limits = None;
+    let args = args_of(&build::router_deployment(&some));
+    assert_eq!(flag(&args, "--routing-policy").as_deref(), Some("kvAware"));
+    assert_eq!(flag(&args, "--load-factor").as_deref(), Some("1.5"));
+    assert!(!args.iter().any(|a| a == "--prefix-chars" || a == "--tenant-limits"), "{args:?}");
+}
+
+#[test]
+fn tenant_limits_json_holds_only_what_is_set() {
+    use llmserve_operator::crd::{TenantLimits, TenantLimitsConfig};
+    assert_eq!(build::tenant_limits_json(&TenantLimitsConfig::default()), None);
+    let empty_default = TenantLimitsConfig { default: Some(TenantLimits::default()), ..Default::default() };
+    assert_eq!(build::tenant_limits_json(&empty_default), None, "an empty default limits nothing");
+    let tenants_only = TenantLimitsConfig {
+        default: None,
+        tenants: BTreeMap::from([(
+            "a".into(),
+            TenantLimits { tokens_per_minute: Some(4_294_967_296), ..Default::default() },
+        )]),
+    };
+    assert_eq!(
+        build::tenant_limits_json(&tenants_only).as_deref(),
+        Some(r#"{"tenants":{"a":{"tokensPerMinute":4294967296}}}"#)
+    );
+}
+
+#[test]
+fn status_reports_auth_from_what_was_applied() {
+    let observed = |auth| status::Observed { models: vec![], router_url: "http://r".into(), auth };
+    let now = t("2026-01-01T00:00:00Z");
+    let on = status::next_status(None, &[], Some(1), Some(observed(AuthStatus::ApiKeys)), now.clone());
+    assert_eq!(on.auth, Some(AuthStatus::ApiKeys));
+    let kept = status::next_status(Some(&on), &[], Some(2), None, now.clone());
+    assert_eq!(kept.auth, Some(AuthStatus::ApiKeys), "a spec not applied keeps what the router has");
+    let off = status::next_status(Some(&kept), &[], Some(3), Some(observed(AuthStatus::None)), now);
+    assert_eq!(off.auth, Some(AuthStatus::None));
+    assert_eq!(serde_json::to_value(&off).unwrap()["auth"], "none", "the AUTH column's value");
 }
 
 #[test]
@@ -440,7 +541,7 @@ fn argv(d: &Deployment) -> Vec<String> {
 #[test]
 fn generated_argument_lists_parse_with_the_binaries_own_parsers() {
     use clap::Parser;
-    for file in ["ray-example.yaml", "full.yaml", "slo.yaml"] {
+    for file in ["ray-example.yaml", "full.yaml", "slo.yaml", "keys.yaml"] {
         let app = fixture(file);
         for model in &app.spec.models {
             let argv = argv(&build::deployment(&app, model));
@@ -451,8 +552,23 @@ fn generated_argument_lists_parse_with_the_binaries_own_parsers() {
         }
         let argv = argv(&build::router_deployment(&app));
         assert_eq!(argv[0], "llmserve-router");
-        if let Err(e) = llmserve_router::args::Args::try_parse_from(&argv) {
-            panic!("{file}: llmserve-router refuses {argv:?}: {e}");
+        let args = llmserve_router::args::Args::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("{file}: llmserve-router refuses {argv:?}: {e}"));
+        // The flags' values the router checks after parsing, the way it checks them.
+        if let Some(json) = &args.tenant_limits {
+            llmserve_router::tenants::LimitsConfig::parse(json)
+                .unwrap_or_else(|e| panic!("{file}: llmserve-router refuses --tenant-limits {json}: {e}"));
+        }
+        assert!(args.prefix_chars >= 1 && args.load_factor >= 1.0, "{file}: {argv:?}");
+        if file == "keys.yaml" {
+            let limits = llmserve_router::tenants::LimitsConfig::parse(args.tenant_limits.as_deref().unwrap()).unwrap();
+            assert_eq!(limits.default.requests_per_minute, Some(60));
+            assert_eq!(limits.tenants["team-a"].concurrent_requests, Some(4));
+            assert_eq!((args.routing_policy.as_str(), args.prefix_chars, args.load_factor), ("prefixHash", 512, 1.5));
+            assert_eq!(
+                (args.api_keys_secret.as_deref(), args.namespace.as_deref()),
+                (Some("keys.api-keys"), Some("team-a"))
+            );
         }
     }
 }

@@ -170,6 +170,9 @@ fn unmet(expect: &Expect, app: &LlmApplication, objects: &Objects) -> Option<Str
             {
                 return Some(format!("conditions {:?}", st.conditions));
             }
+            if st.auth != Some(app.spec.auth_status()) {
+                return Some(format!("status.auth {:?} for spec.auth {:?}", st.auth, app.spec.auth));
+            }
             let uid = app.uid();
             let ns = app.namespace().unwrap();
             let missing: Vec<String> = children(app)

@@ -141,6 +141,8 @@ spec:
         autoscalingConfig: {minReplicas: 1, maxReplicas: 3, initialReplicas: 2}
       slo: {ttftP95Seconds: 1}
     - modelLoadingConfig: {modelId: extra, modelSource: /models/extra}
+  auth:
+    apiKeys: {secretRef: {name: shop-keys}}
 """
 
 
@@ -178,7 +180,13 @@ def scenario(cp, ns, op, timeout):
             if "forbidden" in log:
                 line = next(x for x in log.splitlines() if "forbidden" in x)
                 m = re.search(r'cannot (\w+) resource \\*"([\w/.]+)\\*"', line)
-                return f"forbidden: cannot {m.group(1)} {m.group(2)}" if m else "forbidden: " + line[:400]
+                if m:
+                    return f"forbidden: cannot {m.group(1)} {m.group(2)}"
+                # RBAC's escalation check: a Role may grant only what its writer holds.
+                m = re.search(r"applying (\w+ [\w.-]+) failed: .*attempting to grant RBAC permissions", line)
+                if m:
+                    return f"forbidden: cannot grant in {m.group(1)} what it does not hold"
+                return "forbidden: " + line[:400]
             try:
                 if check():
                     return None

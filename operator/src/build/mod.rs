@@ -29,6 +29,7 @@ pub use prometheus_rule::{
 };
 pub use router::{
     router_deployment, router_role, router_role_binding, router_service, router_service_account, router_url,
+    tenant_limits_json,
 };
 pub use service::service;
 pub use service_monitor::{

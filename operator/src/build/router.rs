@@ -1,6 +1,7 @@
 //! The application's OpenAI-compatible router: a Deployment of the serving image in router mode
 //! (`llmserve-router`), its Service, and the ServiceAccount, Role and RoleBinding that let it
-//! read the EndpointSlices of the models' Services (it balances over the replicas itself).
+//! read the EndpointSlices of the models' Services (it balances over the replicas itself) and,
+//! with API keys, the one Secret that holds them.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -11,10 +12,11 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
+use serde_json::{Map, Value};
 
 use super::service::service_spec;
 use super::*;
-use crate::crd::LlmApplication;
+use crate::crd::{LlmApplication, TenantLimits, TenantLimitsConfig};
 
 /// The router's Deployment; it follows each model's replicas through the EndpointSlices of the
 /// model's Service.
@@ -38,6 +40,7 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
         args.push("--backend-service".into());
         args.push(format!("{}={}", m.model_id(), model_object_name(&app_name, m.model_id())));
     }
+    args.extend(router_flags(app));
     let q = |s: &str| Quantity(s.into());
     let container = Container {
         name: "router".into(),
@@ -90,6 +93,53 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
     }
 }
 
+/// The flags of the app's routing and auth settings; only those set, so an app that sets none
+/// keeps the argument list (and the pods) it had.
+fn router_flags(app: &LlmApplication) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut flag = |name: &str, value: String| args.extend([name.to_string(), value]);
+    if let Some(r) = &app.spec.router {
+        if let Some(p) = r.policy {
+            flag("--routing-policy", p.as_str().into());
+        }
+        if let Some(n) = r.prefix_chars {
+            flag("--prefix-chars", n.to_string());
+        }
+        if let Some(f) = r.load_factor {
+            flag("--load-factor", f.to_string());
+        }
+    }
+    if let Some(secret) = app.spec.api_keys_secret() {
+        flag("--api-keys-secret", secret.into());
+    }
+    if let Some(json) = app.spec.auth.as_ref().and_then(|a| a.limits.as_ref()).and_then(tenant_limits_json) {
+        flag("--tenant-limits", json);
+    }
+    args
+}
+
+/// `--tenant-limits` as the router parses it: compact JSON with only the keys that are set;
+/// `None` when nothing is.
+pub fn tenant_limits_json(limits: &TenantLimitsConfig) -> Option<String> {
+    fn one(l: &TenantLimits) -> Value {
+        let fields = [
+            ("requestsPerMinute", l.requests_per_minute),
+            ("tokensPerMinute", l.tokens_per_minute),
+            ("concurrentRequests", l.concurrent_requests),
+        ];
+        Value::Object(fields.into_iter().filter_map(|(k, v)| Some((k.to_string(), Value::from(v?)))).collect())
+    }
+    let mut out = Map::new();
+    if let Some(d) = limits.default.as_ref().map(one).filter(|d| d.as_object().is_some_and(|o| !o.is_empty())) {
+        out.insert("default".into(), d);
+    }
+    if !limits.tenants.is_empty() {
+        let tenants = limits.tenants.iter().map(|(t, l)| (t.clone(), one(l))).collect();
+        out.insert("tenants".into(), Value::Object(tenants));
+    }
+    (!out.is_empty()).then(|| Value::Object(out).to_string())
+}
+
 /// The router's Service.
 pub fn router_service(app: &LlmApplication) -> Service {
     let app_name = app.name_any();
@@ -118,18 +168,28 @@ pub fn router_service_account(app: &LlmApplication) -> ServiceAccount {
     }
 }
 
-/// Read access to EndpointSlices in the application's namespace: all the router needs.
+/// Read access to EndpointSlices in the application's namespace, and with API keys to their one
+/// Secret by name (the router lists and watches it with a `metadata.name` field selector, which
+/// RBAC checks against `resourceNames`): all the router needs.
 pub fn router_role(app: &LlmApplication) -> Role {
     let name = router_name(&app.name_any());
-    Role {
-        metadata: child_meta(app, name, object_labels(&router_selector(&app.name_any()))),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["discovery.k8s.io".into()]),
-            resources: Some(vec!["endpointslices".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
+    let read = || vec!["get".to_string(), "list".into(), "watch".into()];
+    let mut rules = vec![PolicyRule {
+        api_groups: Some(vec!["discovery.k8s.io".into()]),
+        resources: Some(vec!["endpointslices".into()]),
+        verbs: read(),
+        ..Default::default()
+    }];
+    if let Some(secret) = app.spec.api_keys_secret() {
+        rules.push(PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(vec![secret.into()]),
+            verbs: read(),
             ..Default::default()
-        }]),
+        });
     }
+    Role { metadata: child_meta(app, name, object_labels(&router_selector(&app.name_any()))), rules: Some(rules) }
 }
 
 /// Binds [`router_role`] to [`router_service_account`].

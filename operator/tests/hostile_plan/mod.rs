@@ -217,9 +217,45 @@ impl Gen {
             app["spec"]["router"] = json!({"replicas": 1 + self.below(3)});
         }
         if self.chance(30) {
+            app["spec"]["router"]["policy"] = json!(self.pick(&["leastOutstanding", "prefixHash", "kvAware"]));
+            if self.chance(50) {
+                app["spec"]["router"]["prefixChars"] = json!(1 + self.below(1_000_000));
+            }
+            if self.chance(50) {
+                app["spec"]["router"]["loadFactor"] = json!(1.0 + self.below(9900) as f64 / 100.0);
+            }
+        }
+        if self.chance(30) {
+            app["spec"]["auth"] = self.auth();
+        }
+        if self.chance(30) {
             app["spec"]["observability"] = json!({"enabled": self.chance(50)});
         }
         app
+    }
+
+    /// API keys from a Secret of any valid name, often with limits for tenants of any valid name.
+    fn auth(&mut self) -> Value {
+        let secret = self.re("[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?){0,3}");
+        let mut auth = json!({"apiKeys": {"secretRef": {"name": secret}}});
+        if self.chance(60) {
+            let default = self.limits();
+            let tenants: BTreeMap<String, Value> =
+                (0..self.below(4)).map(|_| (self.re("[-._a-zA-Z0-9]{1,40}"), self.limits())).collect();
+            auth["limits"] = json!({"default": default, "tenants": tenants});
+        }
+        auth
+    }
+
+    /// One tenant's limits, each set or not.
+    fn limits(&mut self) -> Value {
+        let mut l = json!({});
+        for key in ["requestsPerMinute", "tokensPerMinute", "concurrentRequests"] {
+            if self.chance(50) {
+                l[key] = json!(1 + self.below(4_294_967_295));
+            }
+        }
+        l
     }
 
     /// 1 to 3 model ids with distinct slugs.
@@ -368,7 +404,7 @@ fn refused(g: &mut Gen, names: &mut Names, ns: &'static str) -> (Value, String, 
     let mut app = g.app(ns, &name, &ids);
     let m = g.below(ids.len());
     let model = &mut app["spec"]["models"][m];
-    let (what, field) = match g.below(17) {
+    let (what, field) = match g.below(20) {
         0 => {
             let (a, b) = (g.app_name(), g.app_name());
             app["metadata"]["name"] = json!(format!("{}--{}", &a[..a.len().min(30)], &b[..b.len().min(30)]));
@@ -435,6 +471,19 @@ fn refused(g: &mut Gen, names: &mut Names, ns: &'static str) -> (Value, String, 
             let twin = app["spec"]["models"][m].clone();
             app["spec"]["models"].as_array_mut().unwrap().push(twin);
             ("a modelId twice", "modelId must be unique")
+        }
+        16 => {
+            app["spec"]["router"] = json!({"policy": g.text(12)});
+            ("an unknown routing policy", "spec.router.policy")
+        }
+        17 => {
+            app["spec"]["auth"] = json!({"apiKeys": {"secretRef": {"name": g.spiced("keys")}}});
+            ("a Secret name with Unicode", "spec.auth.apiKeys.secretRef.name")
+        }
+        18 => {
+            let tenants = json!({g.spiced("team"): {"concurrentRequests": 1}});
+            app["spec"]["auth"] = json!({"apiKeys": {"secretRef": {"name": "keys"}}, "limits": {"tenants": tenants}});
+            ("a tenant name with Unicode", "spec.auth.limits.tenants")
         }
         _ => {
             model["engineKwargs"] = json!({"tensorParallelSize": 2});
