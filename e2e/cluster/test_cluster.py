@@ -301,8 +301,18 @@ def test_dashboards(app):
         f"series scraped per job: {summary['series']}"
     )
     summary["dashboards"] = dashboards(c)
-    empty = {name: e for name, (_, _, e) in summary["dashboards"].items() if e}
+    # This app asks for no API keys, so the Tenants row has nothing to show, and must show nothing;
+    # the keys and that row are proven in tests/observability and the router's tests.
+    tenant_panels = {
+        p["title"]
+        for p in query_panels(json.loads((DASHBOARDS / "llm-serving.json").read_text()))
+        if any("llmserve_router_tenant_" in t["expr"] for t in p.get("targets", []))
+    }
+    assert tenant_panels, "the serving dashboard has a Tenants row"
+    empty = {name: [t for t in e if t not in tenant_panels] for name, (_, _, e) in summary["dashboards"].items()}
+    empty = {name: e for name, e in empty.items() if e}
     assert not empty, f"dashboard panels without data: {empty}"
+    assert tenant_panels <= set(summary["dashboards"]["llm-serving"][2]), "tenant series without API keys"
 
 
 def dashboards(c):
