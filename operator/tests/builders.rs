@@ -220,7 +220,8 @@ fn router_flags_and_role_follow_the_routing_and_auth_settings() {
     assert_eq!(secrets.verbs, ["get", "list", "watch"]);
     assert_eq!(app.spec.auth_status(), llmserve_operator::crd::AuthStatus::ApiKeys);
 
-    // Nothing set: the argument list and the Role an app had before these settings existed.
+    // Nothing set: the argument list and the Role an app had before these settings existed (and
+    // the shutdown delay every router gets).
     let plain = fixture("ray-example.yaml");
     assert_eq!(
         args_of(&build::router_deployment(&plain)),
@@ -235,6 +236,8 @@ fn router_flags_and_role_follow_the_routing_and_auth_settings() {
             "team-a",
             "--endpoint-port",
             "http",
+            "--shutdown-delay-seconds",
+            "5",
             "--backend-service",
             "qwen-0.5b=ray-example--qwen-0-5b",
         ]

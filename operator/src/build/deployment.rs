@@ -140,6 +140,8 @@ pub fn server_args(model: &ModelConfig, model_arg: &str, engine_metrics: bool) -
         "0.0.0.0".into(),
         "--port".into(),
         HTTP_PORT.to_string(),
+        "--shutdown-delay-seconds".into(),
+        SHUTDOWN_DELAY_SECONDS.to_string(),
     ];
     let mut flag = |name: &str, value: String| {
         a.push(format!("--{name}"));

@@ -38,6 +38,10 @@ pub use service_monitor::{
 
 /// Port the serving container listens on for OpenAI routes, `/health` and `/metrics`.
 pub const HTTP_PORT: i32 = 8000;
+/// Seconds the server and the router keep serving after SIGTERM, with `/health` at 503, before
+/// they refuse connections: the time Kubernetes takes to drop a terminating pod's endpoint from
+/// what routers and Services send to (within the pods' 60 s grace with the 30 s drain).
+pub const SHUTDOWN_DELAY_SECONDS: u64 = 5;
 /// Service port named `metrics`, forwarding to the container's HTTP port; ServiceMonitors scrape it.
 pub const METRICS_PORT: i32 = 9090;
 /// Container port name for the HTTP listener.

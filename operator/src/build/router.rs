@@ -35,6 +35,8 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
         ns,
         "--endpoint-port".into(),
         HTTP_PORT_NAME.into(),
+        "--shutdown-delay-seconds".into(),
+        super::SHUTDOWN_DELAY_SECONDS.to_string(),
     ];
     for m in &app.spec.models {
         args.push("--backend-service".into());

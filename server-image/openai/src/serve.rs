@@ -216,6 +216,16 @@ pub fn positive_seconds(flag: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
+/// The first step of a shutdown: sets `draining` (so `/health` answers 503 and whoever routes
+/// here stops) and keeps serving for `delay` before the drain refuses new connections.
+pub async fn announce_shutdown(draining: &std::sync::atomic::AtomicBool, delay: Duration) {
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !delay.is_zero() {
+        tracing::info!(delay_seconds = delay.as_secs(), "shutting down: /health answers 503, still serving");
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

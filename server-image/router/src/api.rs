@@ -45,6 +45,8 @@ pub struct AppState {
     pub created: u64,
     /// API keys and per-tenant limits (open when no keys are configured).
     pub tenants: Arc<Tenants>,
+    /// Set on SIGTERM: `/health` answers 503 while requests are still served.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The router's routes; `prefix` is normalized (`""` or `/name`).
@@ -96,7 +98,9 @@ async fn one(State(state): State<AppState>, Path(model): Path<String>) -> Result
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    if !state.synced.load(Ordering::Relaxed) {
+    if state.draining.load(Ordering::Relaxed) {
+        ApiError::unavailable("shutting down").into_response()
+    } else if !state.synced.load(Ordering::Relaxed) {
         ApiError::unavailable("the model replicas are not known yet").into_response()
     } else if !state.tenants.synced() {
         ApiError::unavailable("the API keys are not read yet").into_response()

@@ -116,6 +116,10 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds between SIGTERM and the drain during which `/health` answers 503 and new requests
+    /// are still served (the operator sets 5: Services drop an endpoint asynchronously).
+    #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
     /// `json` or `text` logs.
     #[arg(long, env = "LLMSERVE_ROUTER_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,

@@ -153,6 +153,7 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         synced,
         created,
         tenants,
+        draining: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -255,8 +256,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let connections = state.metrics.connections.clone();
+    let draining = state.draining.clone();
     let serving = llmserve_openai::serve::spawn_with_tls(listener, api::app(state, &prefix), limits, connections, tls);
     llmserve_openai::serve::shutdown_signal().await;
+    llmserve_openai::serve::announce_shutdown(&draining, Duration::from_secs(args.shutdown_delay_seconds)).await;
     serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
     Ok(())
 }

@@ -89,6 +89,11 @@ pub struct Args {
     /// Seconds running requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds between SIGTERM and the drain during which `/health` answers 503 and new requests
+    /// are still served, so that routers and Services stop sending here before connections are
+    /// refused (Kubernetes propagates an endpoint's removal asynchronously; the operator sets 5).
+    #[arg(long, env = "LLMSERVE_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
     /// CPU compute threads: a number, or `auto` (one thread for weights under 64 MiB, where
     /// candle's per-op thread pool costs more than it gains, else every core). An explicit
     /// `RAYON_NUM_THREADS` in the environment wins over `auto`.

@@ -249,6 +249,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::select! {
         _ = shutdown_signal() => {
+            llmserve_openai::serve::announce_shutdown(&state.draining, Duration::from_secs(args.shutdown_delay_seconds))
+                .await;
             serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
             Ok(())
         }

@@ -43,6 +43,8 @@ pub struct Inner {
     pub http: HttpMetrics,
     /// Server start, as Unix seconds (the `created` of `/v1/models`).
     pub created: u64,
+    /// Set on SIGTERM: `/health` answers 503 while requests are still served.
+    pub draining: std::sync::atomic::AtomicBool,
     seed: AtomicU64,
 }
 
@@ -72,6 +74,7 @@ impl AppState {
             registry,
             http,
             created,
+            draining: std::sync::atomic::AtomicBool::new(false),
             seed: AtomicU64::new(created),
         })))
     }

@@ -75,3 +75,23 @@ async fn response_of(rd: &mut tokio::net::tcp::ReadHalf<'_>) -> String {
     .await;
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// `--shutdown-delay-seconds`: after SIGTERM, `/health` answers 503 at once (routers and probes
+/// stop sending here) while new requests are still served; after the delay the server drains and
+/// exits cleanly.
+#[tokio::test]
+async fn sigterm_announces_first_and_serves_through_the_delay() {
+    let mut server = Server::start("m", &["--shutdown-delay-seconds", "3"]);
+    let status = std::process::Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let health = llmserve_test_support::eventually(std::time::Duration::from_secs(2), || async {
+        let s = reqwest::get(format!("{}/health", server.url)).await.ok()?.status().as_u16();
+        (s == 503).then_some(())
+    })
+    .await;
+    assert!(health.is_some(), "/health did not turn 503 on SIGTERM");
+    let body = serde_json::json!({"model": "m", "prompt": "Once upon a time", "max_tokens": 4});
+    let r = reqwest::Client::new().post(format!("{}/v1/completions", server.url)).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "new requests are served during the delay");
+    assert!(server.wait().success(), "a clean exit after the delay and the drain");
+}

@@ -41,6 +41,9 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return error::ApiError::unavailable("shutting down").into_response();
+    }
     match state.loaded.get() {
         Some(l) if l.engine.is_alive() => (StatusCode::OK, "ok").into_response(),
         Some(_) => error::ApiError::unavailable("the engine has stopped").into_response(),
