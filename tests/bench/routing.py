@@ -47,7 +47,7 @@ def sentence(rng, words):
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
 
-def workload(seed, conversations, turns, systems):
+def workload(seed, conversations, turns, systems, first=6):
     """[[messages of turn 1, turn 2, ...] per conversation]: seeded, the same for every policy. A
     short shared system prompt, a long first user message (a story to discuss), then short
     follow-ups and answers: prompts grow from about 170 to about 380 tokens over six turns."""
@@ -57,7 +57,7 @@ def workload(seed, conversations, turns, systems):
     for _ in range(conversations):
         messages = [
             {"role": "system", "content": rng.choice(system_prompts)},
-            {"role": "user", "content": " ".join(sentence(rng, 8) for _ in range(6))},
+            {"role": "user", "content": " ".join(sentence(rng, 8) for _ in range(first))},
         ]
         per_turn = [list(messages)]
         for _ in range(turns - 1):
@@ -158,13 +158,14 @@ def main():
     ap.add_argument("--conversations", type=int, default=240)
     ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--systems", type=int, default=4)
+    ap.add_argument("--first-sentences", type=int, default=6, help="sentences of each first user message")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--load-factor", type=float, default=1.25, help="the router's --load-factor")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}\n")
-    convs = workload(args.seed, args.conversations, args.turns, args.systems)
+    convs = workload(args.seed, args.conversations, args.turns, args.systems, args.first_sentences)
     print(
         f"{args.conversations} conversations x {args.turns} turns over {args.systems} shared system prompts, "
         f"{args.workers} concurrent clients, {args.replicas} replicas, seed {args.seed}, "
