@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
 
 pub mod body;
+pub mod files;
 pub mod routes;
 pub mod serve;
 pub mod tls;

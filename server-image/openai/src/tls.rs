@@ -5,9 +5,11 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::ServerConfig;
+
+use crate::files::on_change;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -38,31 +40,18 @@ impl Tls {
     /// Checks the files every [`RELOAD_CHECK`] and reloads them when their modification times
     /// change; runs until the process ends.
     pub async fn follow(self: Arc<Self>) {
-        let stamp = |t: &Tls| (modified(&t.cert), modified(&t.key));
-        let mut last = stamp(&self);
-        let mut tick = tokio::time::interval(RELOAD_CHECK);
-        loop {
-            tick.tick().await;
-            let now = stamp(&self);
-            if now == last {
-                continue;
-            }
-            last = now;
-            match server_config(&self.cert, &self.key) {
-                Ok(c) => {
-                    if let Ok(mut config) = self.config.write() {
-                        *config = c;
-                    }
-                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+        let files = [self.cert.clone(), self.key.clone()];
+        on_change(&files, RELOAD_CHECK, || match server_config(&self.cert, &self.key) {
+            Ok(c) => {
+                if let Ok(mut config) = self.config.write() {
+                    *config = c;
                 }
-                Err(e) => tracing::warn!(error = %e, "keeping the TLS certificate in force"),
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
             }
-        }
+            Err(e) => tracing::warn!(error = %e, "keeping the TLS certificate in force"),
+        })
+        .await
     }
-}
-
-fn modified(p: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, String> {

@@ -161,21 +161,14 @@ fn keys_of(secret: &Secret, fallback: &LimitsConfig) -> (BTreeMap<String, Vec<u8
 /// Follows a keys file of `tenant=key` lines: re-read every 2 s when its modification time
 /// changed; a file that cannot be read or parsed leaves the keys as they were (and says why).
 pub async fn follow_keys_file(path: PathBuf, limits: LimitsConfig, tenants: Arc<Tenants>) {
-    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = modified(&path);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let now = modified(&path);
-        if now == last {
-            continue;
-        }
-        last = now;
+    let files = [path.clone()];
+    llmserve_openai::files::on_change(&files, std::time::Duration::from_secs(2), || {
         match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| parse_keys_file(&t)) {
             Ok(keys) => tenants.set(keys, limits.clone()),
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "keeping the API keys as they were"),
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

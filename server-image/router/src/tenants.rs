@@ -233,14 +233,15 @@ impl Tenants {
         let u = usage.entry(tenant.0.clone()).or_insert_with(|| Usage::new(limits, 0, now));
         let refused = |limit: &'static str, wait: Duration, message: String, u: &Usage| {
             metrics.tenant_rate_limited.with_label_values(&[&tenant.0, limit]).inc();
-            let err = ApiError {
+            let error = ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,
+                message,
                 kind: "rate_limit_error",
+                param: None,
                 code: Some("rate_limit_exceeded"),
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u32),
-                ..ApiError::invalid("", message)
             };
-            Err(Box::new(Refused { error: ApiError { param: None, ..err }, headers: u.headers() }))
+            Err(Box::new(Refused { error, headers: u.headers() }))
         };
         if let Some(max) = limits.concurrent_requests
             && u.in_flight >= max

@@ -23,10 +23,7 @@ fn backend(model: &str, url: &str) -> [String; 2] {
 }
 
 async fn post(url: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    let v = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, headers, v)
+    post_as(url, None, &body).await
 }
 
 /// The value of one exposition line, `name{labels}` exactly as Prometheus text writes it.

@@ -47,33 +47,13 @@ async fn connection_cap_and_timeouts_follow_the_flags() {
     let send = async {
         let _ = wr.write_all(post("/v1/completions", &body).as_bytes()).await;
     };
-    let ((), answer) = tokio::join!(send, response_of(&mut rd));
+    let ((), answer) = tokio::join!(send, response(&mut rd));
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(json_body(&answer)["error"]["code"], "request_too_large", "{answer}");
     drop(big);
     let metrics = reqwest::get(format!("{}/metrics", server.url)).await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "llmserve_http_connections_refused_total 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("llmserve_http_connections_open ")), "{metrics}");
-}
-
-/// [`response`] for the read half of a split stream.
-async fn response_of(rd: &mut tokio::net::tcp::ReadHalf<'_>) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let _ = tokio::time::timeout(llmserve_test_support::raw::PATIENCE, async {
-        while let Ok(n) = rd.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if String::from_utf8_lossy(&buf).ends_with('}') {
-                break;
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// `--shutdown-delay-seconds`: after SIGTERM, `/health` answers 503 at once (routers and probes

@@ -19,7 +19,7 @@ pub fn post(path: &str, body: &str) -> String {
 
 /// One response read off `tcp` (its head and a `content-length` or chunked body, or all until the
 /// server closes), as text, chunk framing left in; panics when none arrives within [`PATIENCE`].
-pub async fn response(tcp: &mut TcpStream) -> String {
+pub async fn response(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let read = async {
