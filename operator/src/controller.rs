@@ -12,6 +12,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PatchParams, Preconditions};
@@ -58,6 +59,8 @@ pub struct Context {
     /// the first reconcile since the operator started (an upgrade may have renamed children), gets
     /// the full treatment.
     settled: Mutex<HashMap<ObjectRef<LlmApplication>, Settled>>,
+    /// Who may scrape the models when each app gets its NetworkPolicy; `None`: no policies.
+    network_policy: Option<build::MetricsPeers>,
 }
 
 /// An application's uid and `metadata.generation`: a recreated app (same name, new uid) is new.
@@ -73,7 +76,15 @@ impl Context {
             monitoring: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashMap::new()),
+            network_policy: Some(build::MetricsPeers::monitoring_prometheus()),
         }
+    }
+
+    /// Gives every application a NetworkPolicy admitting `metrics` to its models' metrics port,
+    /// or (`None`) none.
+    pub fn with_network_policy(mut self, metrics: Option<build::MetricsPeers>) -> Self {
+        self.network_policy = metrics;
+        self
     }
 
     /// Which `monitoring.coreos.com/v1` kinds exist, rechecked every 30 seconds so CRDs installed
@@ -154,13 +165,17 @@ pub struct Desired {
     pub router_monitor: DynamicObject,
     /// The router's identity and its read access to EndpointSlices.
     pub router_rbac: (ServiceAccount, Role, RoleBinding),
+    /// The model replicas' identity.
+    pub models_account: ServiceAccount,
+    /// Only the router reaches the models (when the operator runs with NetworkPolicies).
+    pub network_policy: Option<NetworkPolicy>,
     /// SLO alerts.
     pub rules: DynamicObject,
 }
 
 impl Desired {
-    /// Builds every child; pure.
-    pub fn build(app: &LlmApplication) -> Self {
+    /// Builds every child; pure. `metrics` admits Prometheus in the NetworkPolicy; `None` builds none.
+    pub fn build(app: &LlmApplication, metrics: Option<&build::MetricsPeers>) -> Self {
         Desired {
             models: app
                 .spec
@@ -180,6 +195,8 @@ impl Desired {
             router_service: build::router_service(app),
             router_monitor: build::service_monitor(app, None),
             router_rbac: (build::router_service_account(app), build::router_role(app), build::router_role_binding(app)),
+            models_account: build::models_service_account(app),
+            network_policy: metrics.map(|m| build::network_policy(app, m)),
             rules: build::prometheus_rule(app),
         }
     }
@@ -233,7 +250,7 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     }
 
     // === build ===
-    let desired = Desired::build(app);
+    let desired = Desired::build(app, ctx.network_policy.as_ref());
     let observed_generation = app.status.as_ref().and_then(|s| s.observed_generation);
     let new_generation = observed_generation != app.metadata.generation;
     // A new spec, or the first look since the operator started, may name children that exist
@@ -355,6 +372,20 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
     let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::service_monitor_resource());
     let pp = apply_params();
 
+    // Before the pods that use them: the identity the replicas run as, and the policy that
+    // keeps everyone but the router away from them.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let models_name = desired.models_account.name_any();
+    accounts
+        .patch(&models_name, &pp, &ssa::patch(&desired.models_account)?)
+        .await
+        .map_err(failed("ServiceAccount", &models_name))?;
+    if let Some(policy) = &desired.network_policy {
+        Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+            .patch(&models_name, &pp, &ssa::patch(policy)?)
+            .await
+            .map_err(failed("NetworkPolicy", &models_name))?;
+    }
     let mut models = Vec::with_capacity(desired.models.len());
     for (model, dep, svc, hpa, sm) in &desired.models {
         let name = dep.name_any();
@@ -384,10 +415,7 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
     let router_name = desired.router_deployment.name_any();
     let (sa, role, binding) = &desired.router_rbac;
     let name = &router_name;
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .patch(name, &pp, &ssa::patch(sa)?)
-        .await
-        .map_err(failed("ServiceAccount", name))?;
+    accounts.patch(name, &pp, &ssa::patch(sa)?).await.map_err(failed("ServiceAccount", name))?;
     Api::<Role>::namespaced(client.clone(), &ns)
         .patch(name, &pp, &ssa::patch(role)?)
         .await
@@ -440,7 +468,13 @@ async fn check_ownership(ctx: &Context, app: &LlmApplication, desired: &Desired,
     let name = desired.router_deployment.name_any();
     owns(&deployments, &uid, "Deployment", &name).await?;
     owns(&services, &uid, "Service", &name).await?;
-    owns(&Api::<ServiceAccount>::namespaced(client.clone(), &ns), &uid, "ServiceAccount", &name).await?;
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+    owns(&accounts, &uid, "ServiceAccount", &name).await?;
+    let models_name = desired.models_account.name_any();
+    owns(&accounts, &uid, "ServiceAccount", &models_name).await?;
+    if desired.network_policy.is_some() {
+        owns(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &uid, "NetworkPolicy", &models_name).await?;
+    }
     owns(&Api::<Role>::namespaced(client.clone(), &ns), &uid, "Role", &name).await?;
     owns(&Api::<RoleBinding>::namespaced(client.clone(), &ns), &uid, "RoleBinding", &name).await?;
     if wanted.monitors {
@@ -525,6 +559,10 @@ async fn prune(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
         if !wanted.monitors {
             removed.extend(prune_named(&sms, &uid, "ServiceMonitor", &desired.router_monitor.name_any()).await?);
         }
+    }
+    if desired.network_policy.is_none() {
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        removed.extend(prune_named(&policies, &uid, "NetworkPolicy", &build::models_name(&app.name_any())).await?);
     }
     if wanted.present.prometheus_rules && !wanted.rules {
         let rules: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &build::prometheus_rule_resource());

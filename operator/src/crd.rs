@@ -79,6 +79,11 @@ pub struct LlmApplicationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
 
+    /// HTTPS at the router, from a `kubernetes.io/tls` Secret (a cert-manager `Certificate`'s
+    /// works as it is); unset: the router speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+
     /// One switch for the application's monitoring: ServiceMonitors, the PrometheusRule of SLO
     /// alerts, and engine metrics (a model's `logEngineMetrics` still wins for its engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +231,22 @@ impl RoutingPolicy {
     }
 }
 
+/// The router's certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// A `kubernetes.io/tls` Secret in the application's namespace (`tls.crt`, `tls.key`); the
+    /// router re-reads it when it changes, so renewals need no restart.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')"
+    ).message(
+        "tls.secretName must be a Secret name: a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', \
+            starting and ending with a letter or digit)"
+    ))]
+    pub secret_name: String,
+}
+
 /// API keys at the router, and limits per tenant.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -351,7 +372,20 @@ pub struct ModelConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+
+    /// Most disk the model cache (downloaded weights) may use, a Kubernetes quantity; a replica
+    /// over it is evicted. Default 20Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message(
+        "cacheSizeLimit must be a positive Kubernetes quantity, such as 20Gi or 500M"
+    ))]
+    pub cache_size_limit: Option<String>,
 }
+
+/// The model cache's `sizeLimit` when a model sets none: room for a 7B-parameter checkpoint in
+/// bf16 with margin.
+pub const DEFAULT_CACHE_SIZE_LIMIT: &str = "20Gi";
 
 fn yes() -> bool {
     true
@@ -604,6 +638,11 @@ fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Sch
 }
 
 impl ModelConfig {
+    /// The model cache's `sizeLimit`.
+    pub fn cache_size_limit(&self) -> &str {
+        self.cache_size_limit.as_deref().unwrap_or(DEFAULT_CACHE_SIZE_LIMIT)
+    }
+
     /// The autoscaling settings in force, or `None` for a fixed replica count.
     pub fn autoscaling(&self) -> Option<&AutoscalingConfig> {
         self.deployment_config.as_ref()?.autoscaling_config.as_ref()

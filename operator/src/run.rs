@@ -65,9 +65,69 @@ pub struct Args {
     /// Most reconciles running at once; bounds connections and load on the API server.
     #[arg(long, env = "LLMSERVE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Give every application a NetworkPolicy: its models take API traffic from its router only,
+    /// and metrics scrapes from the pods of `--metrics-pod-selector` in the namespaces of
+    /// `--metrics-namespace-selector` only.
+    #[arg(
+        long,
+        env = "LLMSERVE_NETWORK_POLICY",
+        default_value = "true",
+        value_parser = parse_bool,
+        action = clap::ArgAction::Set
+    )]
+    pub network_policy: bool,
+    /// Labels (`key=value,...`) of the namespaces whose Prometheus may scrape the models; empty
+    /// for every namespace.
+    #[arg(
+        long,
+        env = "LLMSERVE_METRICS_NAMESPACE_SELECTOR",
+        default_value = "kubernetes.io/metadata.name=monitoring",
+        value_parser = parse_labels
+    )]
+    pub metrics_namespace_selector: Labels,
+    /// Labels (`key=value,...`) of the Prometheus pods in those namespaces; empty for every pod.
+    #[arg(
+        long,
+        env = "LLMSERVE_METRICS_POD_SELECTOR",
+        default_value = "app.kubernetes.io/name=prometheus",
+        value_parser = parse_labels
+    )]
+    pub metrics_pod_selector: Labels,
     /// Log as JSON lines (the default) or human-readable text.
     #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
+}
+
+/// Label key-value pairs from a flag.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// `key=value,key=value` (empty: none); keys and values as Kubernetes allows them in labels.
+pub fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = Labels::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let (prefix, name) = match k.split_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, k),
+        };
+        let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
+        if name.is_empty() || !prefix_ok || !crate::build::is_label_value(name) {
+            return Err(format!("{k:?} is not a label key"));
+        }
+        if !crate::build::is_label_value(v) {
+            return Err(format!("{v:?} is not a label value (at most 63 letters, digits, '-', '_', '.')"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Accepts 1/0, true/false, yes/no, on/off.
@@ -170,7 +230,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let reporter = Reporter { controller: crate::MANAGER.into(), instance: Some(args.identity.clone()) };
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), reporter));
+    let peers = crate::build::MetricsPeers {
+        namespaces: args.metrics_namespace_selector.clone(),
+        pods: args.metrics_pod_selector.clone(),
+    };
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), reporter)
+            .with_network_policy(args.network_policy.then_some(peers)),
+    );
     let controller = controller::run(ctx, args.watch_namespace.clone(), args.concurrency, shutdown_signal()?);
     if args.leader_election {
         tokio::select! {

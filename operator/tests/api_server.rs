@@ -255,6 +255,17 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
             Box::new(|m| m["engineKwargs"] = json!({"tensorParallelSize": 2})),
             "tensorParallelSize > 1 is not supported",
         ),
+        (
+            "a cache limit in words",
+            Box::new(|m| m["cacheSizeLimit"] = json!("lots")),
+            "cacheSizeLimit must be a positive",
+        ),
+        (
+            "a negative cache limit",
+            Box::new(|m| m["cacheSizeLimit"] = json!("-1Gi")),
+            "cacheSizeLimit must be a positive",
+        ),
+        ("a zero cache limit", Box::new(|m| m["cacheSizeLimit"] = json!("0")), "cacheSizeLimit must be a positive"),
     ];
     for (what, edit, field) in cases {
         let mut app = fixture("ray-example.yaml", "bad");
@@ -307,6 +318,12 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
             }),
             "spec.auth.limits.tenants: Invalid value",
         ),
+        (
+            "a TLS Secret name with a slash",
+            Box::new(|s| s["tls"] = json!({"secretName": "certs/router"})),
+            "tls.secretName must be a Secret name",
+        ),
+        ("TLS without a Secret", Box::new(|s| s["tls"] = json!({})), "spec.tls.secretName: Required value"),
     ];
     for (what, edit, field) in app_cases {
         let mut app = fixture("ray-example.yaml", "bad");
@@ -740,4 +757,80 @@ async fn api_keys_reach_the_router_and_its_role_reads_that_secret_only() {
     .expect("auth removed from the Deployment, the Role and status");
     let gone = eventually(WAIT, || async { forbidden(as_router.get("keys.api-keys").await).then_some(()) }).await;
     assert!(gone.is_some(), "the router can no longer read the keys' Secret");
+}
+
+// === isolation: Pod Security `restricted`, identities, the NetworkPolicy ===
+
+/// Creates a Pod from `d`'s template in dry-run: the API server's Pod Security admission judges it
+/// as it would the ReplicaSet's pods (this tier has no controller-manager to make them).
+async fn dry_run_pod(client: &Client, ns: &str, d: &Deployment) -> Result<(), kube::Error> {
+    let template = d.spec.as_ref().unwrap().template.clone();
+    let pod = k8s_openapi::api::core::v1::Pod {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some("dry-run-".into()),
+            labels: template.metadata.and_then(|m| m.labels),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    };
+    let pp = kube::api::PostParams { dry_run: true, ..Default::default() };
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns).create(&pp, &pod).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_pass_pod_security_restricted_and_only_the_router_is_admitted_to_models() {
+    let ns = "restricted";
+    let (client, _ctrl) = setup(ns).await;
+    let label = json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let mut app = fixture("ray-example.yaml", "sealed");
+    app["spec"]["tls"] = json!({"secretName": "sealed-cert"});
+    app["spec"]["auth"] = json!({"apiKeys": {"secretRef": {"name": "sealed-keys"}}});
+    app["spec"]["models"][0]["cacheSizeLimit"] = json!("2Gi");
+    apply_app(&client, ns, &app).await.unwrap();
+
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let model = wait_get(&deps, "sealed--qwen-0-5b").await;
+    let router = wait_get(&deps, "sealed-router").await;
+    // Both pods pass `restricted` (the model's ServiceAccount must exist for the Pod to be taken).
+    let sa = wait_get(&Api::<ServiceAccount>::namespaced(client.clone(), ns), "sealed-models").await;
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    for d in [&model, &router] {
+        dry_run_pod(&client, ns, d)
+            .await
+            .unwrap_or_else(|e| panic!("{} refused: {e}", d.metadata.name.as_ref().unwrap()));
+    }
+    // The admission is real: one privilege the standard forbids, and the same pod is refused.
+    let mut loose = model.clone();
+    let c = &mut loose.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0];
+    c.security_context.as_mut().unwrap().allow_privilege_escalation = Some(true);
+    let err = dry_run_pod(&client, ns, &loose).await.expect_err("a pod allowing escalation").to_string();
+    assert!(err.contains("restricted") && err.contains("allowPrivilegeEscalation"), "{err}");
+
+    // The policy selects the app's model pods and lets the router's in.
+    let np = wait_get(
+        &Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), ns),
+        "sealed-models",
+    )
+    .await;
+    assert_eq!(np.metadata.owner_references.as_ref().unwrap()[0].name, "sealed");
+    let spec = np.spec.unwrap();
+    let selected = spec.pod_selector.unwrap().match_labels.unwrap();
+    let model_pod = model.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    assert!(selected.iter().all(|(k, v)| model_pod.get(k) == Some(v)), "{selected:?} vs {model_pod:?}");
+    let router_pod = router.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let admitted =
+        spec.ingress.unwrap()[0].from.as_ref().unwrap()[0].pod_selector.clone().unwrap().match_labels.unwrap();
+    assert!(admitted.iter().all(|(k, v)| router_pod.get(k) == Some(v)));
+
+    let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
+    let url = eventually(WAIT, || async { apps.get("sealed").await.ok()?.status?.router_url }).await.unwrap();
+    assert_eq!(url, "https://sealed-router.restricted.svc:8000");
+    let cache = model.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    let cache = cache.iter().find(|v| v.name == "cache").unwrap().empty_dir.clone().unwrap();
+    assert_eq!(cache.size_limit.unwrap().0, "2Gi");
 }

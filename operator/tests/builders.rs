@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use llmserve_operator::build;
 use llmserve_operator::crd::{AuthStatus, LlmApplication};
 use llmserve_operator::status::{self, Cond, reasons, types};
@@ -236,6 +237,8 @@ fn router_flags_and_role_follow_the_routing_and_auth_settings() {
             "team-a",
             "--endpoint-port",
             "http",
+            "--metrics-port",
+            "9090",
             "--shutdown-delay-seconds",
             "5",
             "--backend-service",
@@ -255,6 +258,130 @@ fn router_flags_and_role_follow_the_routing_and_auth_settings() {
     assert_eq!(flag(&args, "--routing-policy").as_deref(), Some("kvAware"));
     assert_eq!(flag(&args, "--load-factor").as_deref(), Some("1.5"));
     assert!(!args.iter().any(|a| a == "--prefix-chars" || a == "--tenant-limits"), "{args:?}");
+}
+
+// === isolation: TLS, the metrics port, identities, the NetworkPolicy ===
+
+#[test]
+fn tls_mounts_the_secret_and_the_router_speaks_https_everywhere_it_is_named() {
+    let mut app = fixture("ray-example.yaml");
+    assert_eq!(build::router_url(&app), "http://ray-example-router.team-a.svc:8000");
+    app.spec.tls = Some(llmserve_operator::crd::TlsConfig { secret_name: "router-cert".into() });
+    let d = build::router_deployment(&app);
+    let args = args_of(&d);
+    assert_eq!(flag(&args, "--tls-cert-file").as_deref(), Some("/etc/llmserve/tls/tls.crt"));
+    assert_eq!(flag(&args, "--tls-key-file").as_deref(), Some("/etc/llmserve/tls/tls.key"));
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").expect("a tls volume");
+    assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("router-cert"));
+    let c = &pod.containers[0];
+    let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "tls").unwrap();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), (build::TLS_PATH, Some(true)));
+    for probe in [&c.readiness_probe, &c.liveness_probe] {
+        assert_eq!(probe.as_ref().unwrap().http_get.as_ref().unwrap().scheme.as_deref(), Some("HTTPS"));
+    }
+    let svc = build::router_service(&app).spec.unwrap();
+    let protocols: Vec<_> = svc.ports.unwrap().iter().map(|p| p.app_protocol.clone().unwrap()).collect();
+    assert_eq!(protocols, ["https", "http"], "the API port says https; metrics stay plain");
+    assert_eq!(build::router_url(&app), "https://ray-example-router.team-a.svc:8000");
+
+    let plain = fixture("ray-example.yaml");
+    let pod = build::router_deployment(&plain).spec.unwrap().template.spec.unwrap();
+    assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "tls"));
+    assert_eq!(pod.containers[0].readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().scheme, None);
+}
+
+#[test]
+fn metrics_have_their_own_port_and_replicas_their_own_tokenless_identity() {
+    let mut app = fixture("ray-example.yaml");
+    let model = &app.spec.models[0];
+    let d = build::deployment(&app, model);
+    assert_eq!(flag(&args_of(&d), "--metrics-port").as_deref(), Some("9090"));
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let ports: Vec<_> =
+        pod.containers[0].ports.as_ref().unwrap().iter().map(|p| (p.name.clone().unwrap(), p.container_port)).collect();
+    assert_eq!(ports, [("http".to_string(), 8000), ("metrics".to_string(), 9090)]);
+    let svc = build::service(&app, model).spec.unwrap();
+    let targets: Vec<_> = svc.ports.unwrap().iter().map(|p| (p.port, p.target_port.clone().unwrap())).collect();
+    assert_eq!(targets, [(8000, IntOrString::String("http".into())), (9090, IntOrString::String("metrics".into()))]);
+    assert_eq!(pod.service_account_name.as_deref(), Some("ray-example-models"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let sa = build::models_service_account(&app);
+    assert_eq!(
+        (sa.metadata.name.as_deref(), sa.automount_service_account_token),
+        (Some("ray-example-models"), Some(false))
+    );
+
+    // The cache and /tmp are bounded; a model may set its own cache bound.
+    let limits = |d: &Deployment| -> BTreeMap<String, String> {
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        pod.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some((v.name.clone(), v.empty_dir.as_ref()?.size_limit.as_ref()?.0.clone())))
+            .collect()
+    };
+    assert_eq!(limits(&d), BTreeMap::from([("cache".into(), "20Gi".into()), ("tmp".into(), "1Gi".into())]));
+    app.spec.models[0].cache_size_limit = Some("500M".into());
+    assert_eq!(limits(&build::deployment(&app, &app.spec.models[0]))["cache"], "500M");
+}
+
+#[test]
+fn the_network_policy_admits_the_router_to_the_api_and_prometheus_to_metrics_only() {
+    let app = fixture("ray-example.yaml");
+    let peers = build::MetricsPeers::monitoring_prometheus();
+    let np = build::network_policy(&app, &peers);
+    assert_eq!(np.metadata.name.as_deref(), Some("ray-example-models"));
+    let spec = np.spec.unwrap();
+    let models = spec.pod_selector.unwrap().match_labels.unwrap();
+    assert_eq!(models["app.kubernetes.io/instance"], "ray-example");
+    assert_eq!(models["app.kubernetes.io/component"], "model");
+    assert!(!models.contains_key("llmserve.dev/model-id"), "every model of the app");
+    // Every model pod is selected by the policy's selector, the router's pods are not.
+    let model_pod =
+        build::deployment(&app, &app.spec.models[0]).spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert!(models.iter().all(|(k, v)| model_pod.get(k) == Some(v)));
+    let router_pod = build::router_deployment(&app).spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert!(!models.iter().all(|(k, v)| router_pod.get(k) == Some(v)));
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+
+    let rules = spec.ingress.unwrap();
+    assert_eq!(rules.len(), 2);
+    let port = |r: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        r.ports.as_ref().unwrap().iter().map(|p| p.port.clone().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(port(&rules[0]), [IntOrString::String("http".into())]);
+    let from = &rules[0].from.as_ref().unwrap()[0];
+    assert!(from.namespace_selector.is_none(), "the app's own namespace");
+    let routers = from.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert!(routers.iter().all(|(k, v)| router_pod.get(k) == Some(v)), "the app's router pods");
+    assert!(!routers.iter().all(|(k, v)| model_pod.get(k) == Some(v)));
+
+    assert_eq!(port(&rules[1]), [IntOrString::String("metrics".into())]);
+    let from = &rules[1].from.as_ref().unwrap();
+    assert_eq!(from.len(), 1, "one peer: those pods in those namespaces, not either");
+    assert_eq!(from[0].namespace_selector.as_ref().unwrap().match_labels.as_ref(), Some(&peers.namespaces));
+    assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels.as_ref(), Some(&peers.pods));
+
+    // Empty label sets select everything of their kind.
+    let any = build::network_policy(&app, &build::MetricsPeers::default()).spec.unwrap().ingress.unwrap();
+    let peer = &any[1].from.as_ref().unwrap()[0];
+    assert_eq!(peer.namespace_selector.as_ref().unwrap().match_labels, None);
+    assert_eq!(peer.pod_selector.as_ref().unwrap().match_labels, None);
+}
+
+#[test]
+fn metrics_selector_flags_parse_labels_and_refuse_nonsense() {
+    use llmserve_operator::run::parse_labels;
+    assert_eq!(parse_labels("").unwrap(), BTreeMap::new());
+    assert_eq!(
+        parse_labels("kubernetes.io/metadata.name=monitoring, app=prom").unwrap(),
+        BTreeMap::from([("app".into(), "prom".into()), ("kubernetes.io/metadata.name".into(), "monitoring".into())])
+    );
+    assert_eq!(parse_labels("empty=").unwrap()["empty"], "");
+    for bad in ["novalue", "=v", "k=v v", "Bad_Prefix/k=v", "k=é", "/k=v", "k/=v", &format!("k={}", "v".repeat(64))] {
+        assert!(parse_labels(bad).is_err(), "{bad:?} accepted");
+    }
 }
 
 #[test]

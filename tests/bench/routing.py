@@ -10,6 +10,14 @@ turn makes its conversation's next turn ready, so one client's consecutive reque
 different conversations, as at a busy service. Every request streams, so TTFT is measured at the
 client (first content chunk).
 
+With `--kv-cache-bytes`, every replica's KV cache is that size, and the prefix cache is what of it
+no running request holds, evicted least recently freed first. Sized so that the workload's working
+set (its distinct prompt tokens: each conversation's last prompt) fits the fleet's caches together
+but not one replica's, `leastOutstanding`, which spreads each conversation over every replica,
+evicts prefixes before their next turn, while `prefixHash` keeps each conversation's blocks on one
+replica. The script prints both sizes. Without it the replicas keep their default cache (256 MiB,
+about 210,000 tokens of stories260k), which never fills here.
+
 Reported per policy: the fleet's prefix-cache hit rate (sum of `vllm:prefix_cache_hits_total` over
 sum of `vllm:prefix_cache_queries_total` across replicas), TTFT p50 and p99, throughput (requests
 per second over the run), and the load spread (most requests one replica answered over the mean).
@@ -17,7 +25,8 @@ per second over the run), and the load spread (most requests one replica answere
 From the repository root:
 
     cargo build --release -p llmserve-server -p llmserve-router
-    PYTHONPATH=tests ~/.cache/llmserve/venv/bin/python -m bench.routing [--conversations 240]
+    PYTHONPATH=tests ~/.cache/llmserve/venv/bin/python -m bench.routing [--conversations 240] \
+        [--load-factor 1.25] [--kv-cache-bytes 50331648]
 """
 
 import argparse
@@ -69,18 +78,31 @@ def workload(seed, conversations, turns, systems, first=6):
 
 
 async def turn(client, url, messages, ttfts):
-    body = {"model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
+    """Streams one turn; appends its TTFT to `ttfts` and returns its prompt's length in tokens."""
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
+    first, prompt_tokens = None, 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"status {r.status_code}: {(await r.aread())[:300]!r}")
-        first = None
         async for line in r.aiter_lines():
-            if first is None and line.startswith("data: {"):
-                delta = json.loads(line[6:])["choices"][0].get("delta", {})
-                if delta.get("content"):
-                    first = time.perf_counter() - t0
-        ttfts.append(first if first is not None else time.perf_counter() - t0)
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                prompt_tokens = event["usage"]["prompt_tokens"]
+            delta = (event["choices"] or [{}])[0].get("delta", {})
+            if first is None and delta.get("content"):
+                first = time.perf_counter() - t0
+    ttfts.append(first if first is not None else time.perf_counter() - t0)
+    return prompt_tokens
 
 
 async def drive(url, convs, workers, seed):
@@ -90,19 +112,24 @@ async def drive(url, convs, workers, seed):
     rng = random.Random(seed)
     ready = [(i, 0) for i in range(len(convs))]
     ttfts = []
+    # Each turn's prompt extends the one before, so a conversation's distinct prompt tokens are
+    # its last prompt's.
+    last_prompt = [0] * len(convs)
 
     async def worker(client):
         while ready:
             conv, k = ready.pop(rng.randrange(len(ready)))
-            await turn(client, url, convs[conv][k], ttfts)
+            tokens = await turn(client, url, convs[conv][k], ttfts)
             if k + 1 < len(convs[conv]):
                 ready.append((conv, k + 1))
+            else:
+                last_prompt[conv] = tokens
 
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(workers)))
-        return ttfts, time.perf_counter() - t0
+        return ttfts, time.perf_counter() - t0, sum(last_prompt)
 
 
 def total(url, family):
@@ -110,14 +137,24 @@ def total(url, family):
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(family + "{"))
 
 
-def run_policy(policy, convs, workers, replicas, seed, load_factor):
+def kv_capacity(url):
+    """(blocks, tokens per block) of a replica's KV cache, from `vllm:cache_config_info`."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    line = next(line for line in text.splitlines() if line.startswith("vllm:cache_config_info{"))
+    labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.rindex("}")].split(","))
+    return int(labels["num_gpu_blocks"].strip('"')), int(labels["block_size"].strip('"'))
+
+
+def run_policy(policy, convs, workers, replicas, seed, load_factor, kv_cache_bytes):
+    cache = ["--kv-cache-bytes", str(kv_cache_bytes)] if kv_cache_bytes else []
     with contextlib.ExitStack() as stack:
         servers = [
             stack.enter_context(
-                procs.server(f"routing-{i}", "--enable-prefix-caching", profile="release", rust_log=None)
+                procs.server(f"routing-{i}", "--enable-prefix-caching", *cache, profile="release", rust_log=None)
             )
             for i in range(replicas)
         ]
+        blocks, block_size = kv_capacity(servers[0].url)
         router = stack.enter_context(
             procs.router(
                 f"routing-{policy}",
@@ -130,7 +167,7 @@ def run_policy(policy, convs, workers, replicas, seed, load_factor):
                 rust_log=None,
             )
         )
-        ttfts, seconds = asyncio.run(drive(router.url, convs, workers, seed))
+        ttfts, seconds, working_set = asyncio.run(drive(router.url, convs, workers, seed))
         hits = sum(total(s.url, "vllm:prefix_cache_hits_total") for s in servers)
         queries = sum(total(s.url, "vllm:prefix_cache_queries_total") for s in servers)
         served = [total(s.url, "llmserve_http_requests_total") for s in servers]
@@ -150,6 +187,9 @@ def run_policy(policy, convs, workers, replicas, seed, load_factor):
         "served": served,
         "picks": picks,
         "prompt_tokens": prompt_tokens / len(ttfts),
+        "working_set": working_set,
+        "kv_blocks": blocks,
+        "block_size": block_size,
     }
 
 
@@ -163,15 +203,30 @@ def main():
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--load-factor", type=float, default=1.25, help="the router's --load-factor")
+    ap.add_argument(
+        "--kv-cache-bytes", type=int, help="every replica's --kv-cache-bytes (default: the server's, 256 MiB on CPU)"
+    )
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}\n")
     convs = workload(args.seed, args.conversations, args.turns, args.systems, args.first_sentences)
     print(
         f"{args.conversations} conversations x {args.turns} turns over {args.systems} shared system prompts, "
         f"{args.workers} concurrent clients, {args.replicas} replicas, seed {args.seed}, "
-        f"--load-factor {args.load_factor}\n"
+        f"--load-factor {args.load_factor}, --kv-cache-bytes {args.kv_cache_bytes or 'default'}\n"
     )
-    results = {p: run_policy(p, convs, args.workers, args.replicas, args.seed, args.load_factor) for p in POLICIES}
+    results = {
+        p: run_policy(p, convs, args.workers, args.replicas, args.seed, args.load_factor, args.kv_cache_bytes)
+        for p in POLICIES
+    }
+    base = results["leastOutstanding"]
+    one = base["kv_blocks"] * base["block_size"]
+    working_set = base["working_set"]
+    print(
+        f"KV cache per replica: {base['kv_blocks']} blocks of {base['block_size']} tokens = {one} tokens; "
+        f"fleet: {one * args.replicas} tokens\n"
+        f"working set (distinct prompt tokens, each conversation's last prompt): {working_set} tokens = "
+        f"{working_set / one:.2f}x one replica's cache, {working_set / (one * args.replicas):.2f}x the fleet's\n"
+    )
     print("| policy | prefix-cache hit rate | TTFT p50 (ms) | TTFT p99 (ms) | requests/s | max/mean load ", end="")
     print("| per replica |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -182,7 +237,6 @@ def main():
         )
     for p, r in results.items():
         print(f"{p} picks: " + ", ".join(f"{k} {int(v)}" for k, v in sorted(r["picks"].items()) if v))
-    base = results["leastOutstanding"]
     print(f"\nmean prompt: {base['prompt_tokens']:.0f} tokens\n")
     for p in POLICIES[1:]:
         r = results[p]

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,7 +26,8 @@ pub const CACHE_PATH: &str = "/cache";
 pub fn deployment(app: &LlmApplication, model: &ModelConfig) -> Deployment {
     let app_name = app.name_any();
     let selector = model_selector(&app_name, model.model_id());
-    let mut volumes = vec![empty_dir("cache", None), empty_dir("tmp", None)];
+    let mut volumes =
+        vec![empty_dir("cache", None, Some(model.cache_size_limit())), empty_dir("tmp", None, Some(TMP_SIZE_LIMIT))];
     let mut mounts = vec![mount("cache", CACHE_PATH, false), mount("tmp", "/tmp", false)];
     let model_arg = match model.model_source().strip_prefix("pvc://") {
         Some(rest) => {
@@ -46,7 +47,7 @@ pub fn deployment(app: &LlmApplication, model: &ModelConfig) -> Deployment {
     };
     if model.tensor_parallel_size() > 1 {
         // NCCL between tensor-parallel ranks needs more shared memory than the runtime default.
-        volumes.push(empty_dir("dshm", Some("Memory")));
+        volumes.push(empty_dir("dshm", Some("Memory"), None));
         mounts.push(mount("dshm", "/dev/shm", false));
     }
 
@@ -64,12 +65,7 @@ pub fn deployment(app: &LlmApplication, model: &ModelConfig) -> Deployment {
         image: Some(image_for(app, Some(model))),
         command: Some(vec!["llmserve-server".into()]),
         args: Some(server_args(model, &model_arg, app.spec.engine_metrics(model))),
-        ports: Some(vec![ContainerPort {
-            name: Some(HTTP_PORT_NAME.into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(container_ports()),
         env: Some(env),
         resources: Some(resources(model)),
         // Loading large weights can take many minutes: the startup probe holds liveness off until
@@ -87,6 +83,8 @@ pub fn deployment(app: &LlmApplication, model: &ModelConfig) -> Deployment {
         containers: vec![container],
         volumes: Some(volumes),
         security_context: Some(pod_security_context()),
+        // The app's own identity, without a token: a model replica calls no API.
+        service_account_name: Some(models_name(&app_name)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(60),
@@ -140,6 +138,8 @@ pub fn server_args(model: &ModelConfig, model_arg: &str, engine_metrics: bool) -
         "0.0.0.0".into(),
         "--port".into(),
         HTTP_PORT.to_string(),
+        "--metrics-port".into(),
+        METRICS_PORT.to_string(),
         "--shutdown-delay-seconds".into(),
         SHUTDOWN_DELAY_SECONDS.to_string(),
     ];
@@ -217,10 +217,17 @@ pub fn resources(model: &ModelConfig) -> ResourceRequirements {
     ResourceRequirements { requests: Some(requests), limits: Some(limits), ..Default::default() }
 }
 
-fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
+/// `/tmp`'s `sizeLimit`: scratch space only, nothing large is written there.
+pub const TMP_SIZE_LIMIT: &str = "1Gi";
+
+/// An emptyDir; with `size_limit`, a pod writing past it is evicted rather than filling the node.
+pub fn empty_dir(name: &str, medium: Option<&str>, size_limit: Option<&str>) -> Volume {
     Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource { medium: medium.map(String::from), ..Default::default() }),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(String::from),
+            size_limit: size_limit.map(|l| Quantity(l.into())),
+        }),
         ..Default::default()
     }
 }

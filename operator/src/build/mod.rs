@@ -4,6 +4,7 @@
 mod deployment;
 mod hpa;
 mod names;
+mod network_policy;
 mod prometheus_rule;
 mod router;
 mod service;
@@ -12,7 +13,7 @@ mod service_monitor;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, HTTPGetAction, PodSecurityContext, Probe, SeccompProfile, SecurityContext,
+    Capabilities, ContainerPort, HTTPGetAction, PodSecurityContext, Probe, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,15 +22,19 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{DEFAULT_IMAGE, LlmApplication, ModelConfig};
 
 pub use deployment::deployment;
+pub use deployment::{TMP_SIZE_LIMIT, empty_dir};
 pub use hpa::{hpa, quantity_from_f64};
-pub use names::{MAX_NAME_LEN, is_dns_1035_label, is_label_value, label_value, model_object_name, router_name, slug};
+pub use names::{
+    MAX_NAME_LEN, is_dns_1035_label, is_label_value, label_value, model_object_name, models_name, router_name, slug,
+};
+pub use network_policy::{MetricsPeers, network_policy};
 pub use prometheus_rule::{
     PROMETHEUS_RULE_KIND, RUNBOOK_BASE, alerts, prometheus_rule, prometheus_rule_name, prometheus_rule_resource,
     rule_groups,
 };
 pub use router::{
-    router_deployment, router_role, router_role_binding, router_service, router_service_account, router_url,
-    tenant_limits_json,
+    TLS_PATH, models_service_account, router_deployment, router_role, router_role_binding, router_service,
+    router_service_account, router_url, tenant_limits_json,
 };
 pub use service::service;
 pub use service_monitor::{
@@ -42,11 +47,12 @@ pub const HTTP_PORT: i32 = 8000;
 /// they refuse connections: the time Kubernetes takes to drop a terminating pod's endpoint from
 /// what routers and Services send to (within the pods' 60 s grace with the 30 s drain).
 pub const SHUTDOWN_DELAY_SECONDS: u64 = 5;
-/// Service port named `metrics`, forwarding to the container's HTTP port; ServiceMonitors scrape it.
+/// Port (container and Service) serving only `/metrics` and `/health` in plain HTTP: what
+/// ServiceMonitors scrape, and all the NetworkPolicy opens to Prometheus.
 pub const METRICS_PORT: i32 = 9090;
 /// Container port name for the HTTP listener.
 pub const HTTP_PORT_NAME: &str = "http";
-/// Service port name Prometheus scrapes.
+/// Name of [`METRICS_PORT`] on containers and Services.
 pub const METRICS_PORT_NAME: &str = "metrics";
 /// Unprivileged UID the serving image runs as.
 pub const RUN_AS_USER: i64 = 65532;
@@ -154,12 +160,32 @@ pub fn container_security_context() -> SecurityContext {
     }
 }
 
-/// An HTTP GET probe on `/health` of the named port.
+/// The container's API port and its metrics port.
+pub fn container_ports() -> Vec<ContainerPort> {
+    [(HTTP_PORT_NAME, HTTP_PORT), (METRICS_PORT_NAME, METRICS_PORT)]
+        .into_iter()
+        .map(|(name, port)| ContainerPort {
+            name: Some(name.into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// An HTTP GET probe on `/health` of the API port.
 pub fn health_probe(period: i32, failure_threshold: i32) -> Probe {
+    https_health_probe(period, failure_threshold, false)
+}
+
+/// [`health_probe`], in HTTPS when the port speaks TLS (the kubelet does not verify the
+/// certificate), so the probe exercises the listener clients use.
+pub fn https_health_probe(period: i32, failure_threshold: i32, https: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/health".into()),
             port: IntOrString::String(HTTP_PORT_NAME.into()),
+            scheme: https.then(|| "HTTPS".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),

@@ -46,6 +46,13 @@ pub fn router_name(app_name: &str) -> String {
     if full.len() > MAX_NAME_LEN { shortened(&full) } else { full }
 }
 
+/// Name of the ServiceAccount the application's model replicas run as, and of the NetworkPolicy
+/// that admits only the router to them: `<app>-models`, shortened with a hash past 63 characters.
+pub fn models_name(app_name: &str) -> String {
+    let full = format!("{app_name}-models");
+    if full.len() > MAX_NAME_LEN { shortened(&full) } else { full }
+}
+
 /// Lower-case DNS-1035 form of a model id: runs of other characters become one `-`, so a slug
 /// never contains `--` and never starts or ends with `-`.
 pub fn slug(id: &str) -> String {

@@ -5,8 +5,8 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
-    ServiceAccount, Volume, VolumeMount,
+    Container, PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource, Service, ServiceAccount, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -17,6 +17,11 @@ use serde_json::{Map, Value};
 use super::service::service_spec;
 use super::*;
 use crate::crd::{LlmApplication, TenantLimits, TenantLimitsConfig};
+
+/// Where the router's `kubernetes.io/tls` Secret is mounted.
+pub const TLS_PATH: &str = "/etc/llmserve/tls";
+/// The router's `/tmp` `sizeLimit`.
+const ROUTER_TMP_SIZE_LIMIT: &str = "64Mi";
 
 /// The router's Deployment; it follows each model's replicas through the EndpointSlices of the
 /// model's Service.
@@ -35,6 +40,8 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
         ns,
         "--endpoint-port".into(),
         HTTP_PORT_NAME.into(),
+        "--metrics-port".into(),
+        METRICS_PORT.to_string(),
         "--shutdown-delay-seconds".into(),
         super::SHUTDOWN_DELAY_SECONDS.to_string(),
     ];
@@ -43,27 +50,40 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
         args.push(format!("{}={}", m.model_id(), model_object_name(&app_name, m.model_id())));
     }
     args.extend(router_flags(app));
+    let tls = app.spec.tls.as_ref().map(|t| t.secret_name.clone());
+    let mut volumes = vec![empty_dir("tmp", None, Some(ROUTER_TMP_SIZE_LIMIT))];
+    let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
+    if let Some(secret) = &tls {
+        args.extend(["--tls-cert-file".into(), format!("{TLS_PATH}/tls.crt")]);
+        args.extend(["--tls-key-file".into(), format!("{TLS_PATH}/tls.key")]);
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..Default::default() }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let q = |s: &str| Quantity(s.into());
     let container = Container {
         name: "router".into(),
         image: Some(image_for(app, None)),
         command: Some(vec!["llmserve-router".into()]),
         args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some(HTTP_PORT_NAME.into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(container_ports()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([("cpu".into(), q("100m")), ("memory".into(), q("128Mi"))])),
             limits: Some(BTreeMap::from([("memory".into(), q("512Mi"))])),
             ..Default::default()
         }),
-        readiness_probe: Some(health_probe(5, 3)),
-        liveness_probe: Some(health_probe(10, 6)),
+        readiness_probe: Some(https_health_probe(5, 3, tls.is_some())),
+        liveness_probe: Some(https_health_probe(10, 6, tls.is_some())),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
     Deployment {
@@ -75,11 +95,7 @@ pub fn router_deployment(app: &LlmApplication) -> Deployment {
                 metadata: Some(ObjectMeta { labels: Some(object_labels(&selector)), ..Default::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(volumes),
                     security_context: Some(pod_security_context()),
                     service_account_name: Some(router_name(&app_name)),
                     // The token is what the router reads EndpointSlices with.
@@ -142,13 +158,19 @@ pub fn tenant_limits_json(limits: &TenantLimitsConfig) -> Option<String> {
     (!out.is_empty()).then(|| Value::Object(out).to_string())
 }
 
-/// The router's Service.
+/// The router's Service; its `http` port says `https` when the router speaks TLS.
 pub fn router_service(app: &LlmApplication) -> Service {
     let app_name = app.name_any();
     let selector = router_selector(&app_name);
+    let mut spec = service_spec(selector.clone());
+    if app.spec.tls.is_some()
+        && let Some(api) = spec.ports.iter_mut().flatten().find(|p| p.name.as_deref() == Some(HTTP_PORT_NAME))
+    {
+        api.app_protocol = Some("https".into());
+    }
     Service {
         metadata: child_meta(app, router_name(&app_name), object_labels(&selector)),
-        spec: Some(service_spec(selector)),
+        spec: Some(spec),
         status: None,
     }
 }
@@ -157,7 +179,8 @@ pub fn router_service(app: &LlmApplication) -> Service {
 pub fn router_url(app: &LlmApplication) -> String {
     let ns = app.namespace().unwrap_or_else(|| "default".into());
     let prefix = app.spec.route_prefix.trim_end_matches('/');
-    format!("http://{}.{ns}.svc:{HTTP_PORT}{prefix}", router_name(&app.name_any()))
+    let scheme = if app.spec.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{}.{ns}.svc:{HTTP_PORT}{prefix}", router_name(&app.name_any()))
 }
 
 /// The router's ServiceAccount.
@@ -165,6 +188,22 @@ pub fn router_service_account(app: &LlmApplication) -> ServiceAccount {
     let name = router_name(&app.name_any());
     ServiceAccount {
         metadata: child_meta(app, name, object_labels(&router_selector(&app.name_any()))),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+/// The ServiceAccount of the application's model replicas: their own identity (not the
+/// namespace's `default`, which other workloads may have been granted rights through), with no
+/// token mounted.
+pub fn models_service_account(app: &LlmApplication) -> ServiceAccount {
+    let app_name = app.name_any();
+    let labels = BTreeMap::from([
+        (labels::INSTANCE.to_string(), app_name.clone()),
+        (labels::COMPONENT.to_string(), labels::COMPONENT_MODEL.to_string()),
+    ]);
+    ServiceAccount {
+        metadata: child_meta(app, models_name(&app_name), object_labels(&labels)),
         automount_service_account_token: Some(false),
         ..Default::default()
     }

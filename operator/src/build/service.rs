@@ -16,7 +16,7 @@ pub fn service(app: &LlmApplication, model: &ModelConfig) -> Service {
     }
 }
 
-/// ClusterIP spec with the `http` and `metrics` ports, both served by the container's `http` port.
+/// ClusterIP spec with the `http` and `metrics` ports, each to the container's port of that name.
 pub fn service_spec(selector: BTreeMap<String, String>) -> ServiceSpec {
     ServiceSpec {
         type_: Some("ClusterIP".into()),
@@ -33,7 +33,7 @@ pub fn service_spec(selector: BTreeMap<String, String>) -> ServiceSpec {
             ServicePort {
                 name: Some(METRICS_PORT_NAME.into()),
                 port: METRICS_PORT,
-                target_port: Some(IntOrString::String(HTTP_PORT_NAME.into())),
+                target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
                 protocol: Some("TCP".into()),
                 app_protocol: Some("http".into()),
                 ..Default::default()

@@ -50,6 +50,21 @@ impl ConnectionMetrics {
         registry.register(Box::new(refused.clone()))?;
         Ok(ConnectionMetrics { open, refused })
     }
+
+    /// Metrics registered nowhere, for a side listener whose connections are not worth a series.
+    pub fn detached() -> prometheus::Result<Self> {
+        Ok(ConnectionMetrics {
+            open: IntGauge::new("detached_connections_open", "unregistered")?,
+            refused: IntCounter::new("detached_connections_refused", "unregistered")?,
+        })
+    }
+}
+
+/// Serves `app` (meant to hold only `/metrics` and `/health`) in plain HTTP on its own listener,
+/// with a small connection cap: the port a NetworkPolicy opens to Prometheus alone, while the API
+/// port stays closed to it (and, on the router, may speak TLS).
+pub fn spawn_side(listener: TcpListener, app: Router, header_timeout: Duration) -> prometheus::Result<Serving> {
+    Ok(spawn(listener, app, Limits { max_connections: 64, header_timeout }, ConnectionMetrics::detached()?))
 }
 
 /// A server running in the background that can be drained.

@@ -97,6 +97,15 @@ async fn one(State(state): State<AppState>, Path(model): Path<String>) -> Result
     }
 }
 
+/// `/metrics` and `/health` alone, for `--metrics-port`.
+pub fn side_app(state: AppState) -> Router {
+    Router::new()
+        .route(HEALTH, get(health))
+        .route(METRICS, get(metrics))
+        .fallback(|| async { ApiError::no_route() })
+        .with_state(state)
+}
+
 async fn health(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         ApiError::unavailable("shutting down").into_response()

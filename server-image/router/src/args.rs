@@ -113,6 +113,10 @@ pub struct Args {
     /// The PEM private key of `--tls-cert-file` (`tls.key`).
     #[arg(long, env = "LLMSERVE_ROUTER_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Also serve `/metrics` and `/health` (nothing else) in plain HTTP on this port, even when
+    /// the API port speaks TLS: what Prometheus scrapes and a NetworkPolicy opens to it alone.
+    #[arg(long, env = "LLMSERVE_ROUTER_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LLMSERVE_ROUTER_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

@@ -257,9 +257,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let connections = state.metrics.connections.clone();
     let draining = state.draining.clone();
+    let side = match args.metrics_port {
+        Some(port) => {
+            let listener = tokio::net::TcpListener::bind((args.host, port)).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
+            Some(llmserve_openai::serve::spawn_side(listener, api::side_app(state.clone()), limits.header_timeout)?)
+        }
+        None => None,
+    };
     let serving = llmserve_openai::serve::spawn_with_tls(listener, api::app(state, &prefix), limits, connections, tls);
     llmserve_openai::serve::shutdown_signal().await;
     llmserve_openai::serve::announce_shutdown(&draining, Duration::from_secs(args.shutdown_delay_seconds)).await;
     serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
+    if let Some(side) = side {
+        side.drain(Duration::from_secs(1)).await;
+    }
     Ok(())
 }

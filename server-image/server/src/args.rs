@@ -99,6 +99,10 @@ pub struct Args {
     /// `RAYON_NUM_THREADS` in the environment wins over `auto`.
     #[arg(long, env = "LLMSERVE_CPU_THREADS", default_value = "auto")]
     pub cpu_threads: String,
+    /// Also serve `/metrics` and `/health` (nothing else) in plain HTTP on this port, so that a
+    /// NetworkPolicy can let Prometheus scrape without reaching the API; both stay on `--port`.
+    #[arg(long, env = "LLMSERVE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
     /// `json` or `text` logs.
     #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,

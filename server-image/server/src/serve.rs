@@ -231,6 +231,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let serving =
         llmserve_openai::serve::spawn(listener, crate::api::app(state.clone()), limits, state.http.connections.clone());
+    let side = match args.metrics_port {
+        Some(port) => {
+            let listener = tokio::net::TcpListener::bind((args.host, port)).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
+            Some(llmserve_openai::serve::spawn_side(
+                listener,
+                crate::api::side_app(state.clone()),
+                limits.header_timeout,
+            )?)
+        }
+        None => None,
+    };
     tokio::select! {
         res = loader => {
             res??;
@@ -252,6 +264,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             llmserve_openai::serve::announce_shutdown(&state.draining, Duration::from_secs(args.shutdown_delay_seconds))
                 .await;
             serving.drain(Duration::from_secs(args.shutdown_grace_seconds)).await;
+            if let Some(side) = side {
+                side.drain(Duration::from_secs(1)).await;
+            }
             Ok(())
         }
         _ = engine_died => {

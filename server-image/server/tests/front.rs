@@ -75,3 +75,26 @@ async fn sigterm_announces_first_and_serves_through_the_delay() {
     assert_eq!(r.status().as_u16(), 200, "new requests are served during the delay");
     assert!(server.wait().success(), "a clean exit after the delay and the drain");
 }
+
+/// `--metrics-port`: `/metrics` and `/health` on a second, plain listener, and nothing else there,
+/// so a NetworkPolicy can open that port to Prometheus without opening the API.
+#[tokio::test]
+async fn the_metrics_port_serves_metrics_and_health_only() {
+    let port = llmserve_test_support::process::free_port();
+    let server = Server::start("m", &["--metrics-port", &port.to_string()]);
+    let side = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{side}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = client.get(format!("{side}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("vllm:num_requests_running"), "{metrics}");
+    for path in ["/v1/models", "/v1/completions"] {
+        let r = client.post(format!("{side}{path}")).body(r#"{"model": "m", "prompt": "Hi"}"#).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} reachable on the metrics port");
+        let r = client.get(format!("{side}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} reachable on the metrics port");
+    }
+    // Both stay on the API port too (the router reads replicas' /metrics there).
+    let on_api = client.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    assert!(on_api.contains("vllm:num_requests_running"));
+}

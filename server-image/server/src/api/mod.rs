@@ -40,6 +40,15 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` and `/health` alone, for `--metrics-port`.
+pub fn side_app(state: AppState) -> Router {
+    Router::new()
+        .route(HEALTH, get(health))
+        .route(METRICS, get(metrics))
+        .fallback(|| async { error::ApiError::no_route() })
+        .with_state(state)
+}
+
 async fn health(State(state): State<AppState>) -> Response {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return error::ApiError::unavailable("shutting down").into_response();
