@@ -84,6 +84,10 @@ def pytest_terminal_summary(terminalreporter, config):
         f"per model pod: {s.get('served_per_pod', {})}"
     )
     write(f"series scraped, by job: {s.get('series', {})}")
+    if "isolation" in s:
+        write(f"NetworkPolicy (pod -> model port: HTTP status through it): {s['isolation']}")
+    if "tenants" in s:
+        write(f"requests by tenant: {s['tenants']}; a removed key refused after {s.get('key_removed_s')} s")
     write(f"alert rule groups loaded (rules): {s.get('rule_groups', {})}")
     for name, (n, total, empty) in (s.get("dashboards") or {}).items():
         write(f"dashboard {name}: {n}/{total} panels with data" + (f" (empty: {', '.join(empty)})" if empty else ""))

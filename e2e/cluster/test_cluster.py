@@ -8,9 +8,13 @@ later ones are skipped; the summary is printed at the end). As root, from the re
 
 Without --run-cluster (or --reuse-cluster) the phases are skipped.
 
-The phases: install (the chart is installed by cluster.sh; apply Ray's documented example adapted
-to stories260k, example-app.yaml, and wait until Ready); serve (OpenAI requests through the
-router's Service, streaming and not); scrape (Prometheus scrapes every pod through the
+The phases: install (the chart is installed by cluster.sh; in a namespace that enforces Pod
+Security `restricted`, apply Ray's documented example adapted to stories260k, example-app.yaml,
+with API keys and TLS at the router, and wait until Ready); serve (OpenAI requests through the
+router's Service over HTTPS with a key, streaming and not; keys refused, removed and rate-limited);
+isolation (the app's NetworkPolicy, enforced by kube-network-policies: a pod outside the app cannot
+reach a model pod, a pod with the router's labels can, and only Prometheus reaches the metrics
+port); scrape (Prometheus scrapes every pod through the
 ServiceMonitors the operator made, and evaluates the alert rules); autoscale (load above
 targetOngoingRequests scales the HPA 1 -> 2, and back after the load ends); dashboards (every
 dashboard query runs against this Prometheus); engine metrics off (logEngineMetrics: false stops
@@ -19,20 +23,32 @@ everything it owned). On a failure, the app's objects and Events are printed wit
 """
 
 import json
+import secrets
+import ssl
+import subprocess
 import threading
 import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
+import openai
 import pytest
+import yaml
 
 from generate import fill, query_panels
 from llmserve_testing.net import eventually, get, post_json
 from llmserve_testing.paths import DASHBOARDS, reference
 
 HERE = Path(__file__).resolve().parent
-APP, NS, MODEL = "demo", "default", "stories260k"
+APP, NS, MODEL = "demo", "llm", "stories260k"
+IMAGE = "llmserve.dev/llmserve-server:e2e"
+# Tenants of the app's API keys: team-a sends the traffic, team-b is limited to 3 requests a
+# minute, team-c's key is removed from the Secret while the router runs.
+TENANTS = ("team-a", "team-b", "team-c")
+RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+LOCKED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 INSTANCE = f"app.kubernetes.io/instance={APP}"
 OWNED_KINDS = [
     "deployments.apps",
@@ -43,6 +59,7 @@ OWNED_KINDS = [
     "serviceaccounts",
     "roles.rbac.authorization.k8s.io",
     "rolebindings.rbac.authorization.k8s.io",
+    "networkpolicies.networking.k8s.io",
     "replicasets.apps",
     "pods",
 ]
@@ -53,14 +70,14 @@ def log(msg):
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def stream(url, body, timeout=120, finish=None):
+def stream(url, body, timeout=120, finish=None, auth=None):
     """Text of an SSE completion stream, and how many events it had; the choice's last
-    `finish_reason` is appended to the list `finish` when one is given."""
-    req = urllib.request.Request(
-        url, json.dumps({**body, "stream": True}).encode(), {"content-type": "application/json"}
-    )
+    `finish_reason` is appended to the list `finish` when one is given. `auth`: the app's
+    `Auth`."""
+    headers = {"content-type": "application/json", **(auth.headers if auth else {})}
+    req = urllib.request.Request(url, json.dumps({**body, "stream": True}).encode(), headers)
     text, events = [], 0
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    with urllib.request.urlopen(req, timeout=timeout, context=auth.tls if auth else None) as r:
         for line in r:
             line = line.decode().strip()
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -77,8 +94,8 @@ class Load:
     """Closed-loop streaming clients through the router, each one request after another; `failures`
     keeps what went wrong (the first 20)."""
 
-    def __init__(self, url, clients, max_tokens=400, pause=0.5):
-        self.url, self.stop_flag, self.ok, self.errors = url, threading.Event(), 0, 0
+    def __init__(self, url, clients, max_tokens=400, pause=0.5, auth=None):
+        self.url, self.stop_flag, self.ok, self.errors, self.auth = url, threading.Event(), 0, 0, auth
         self.max_tokens, self.pause, self.failures = max_tokens, pause, []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(clients)]
@@ -95,7 +112,7 @@ class Load:
                     "ignore_eos": True,
                 }
                 finish = []
-                stream(self.url, body, finish=finish)
+                stream(self.url, body, finish=finish, auth=self.auth)
                 if finish != ["length"]:  # with ignore_eos, only a complete stream ends by length
                     raise RuntimeError(f"the stream ended with finish_reason {finish}, not length")
                 with self.lock:
@@ -118,6 +135,39 @@ class Load:
             t.join(timeout=150)
 
 
+class Auth:
+    """How a client reaches the app's router: its TLS certificate pinned (the host reaches the
+    Service by ClusterIP, with no DNS to check a name against, so the name is not checked) and a
+    tenant's key."""
+
+    def __init__(self, cert, key):
+        self.tls = ssl.create_default_context(cafile=str(cert))
+        self.tls.check_hostname = False
+        self.key = key
+        self.headers = {"authorization": f"Bearer {key}"}
+
+    def post(self, url, body, key=None):
+        headers = {"authorization": f"Bearer {key}"} if key else self.headers
+        return post_json(url, body, headers=headers, context=self.tls)
+
+    def get(self, url):
+        return get(url, headers=self.headers, context=self.tls)
+
+
+def self_signed(directory, names):
+    """A self-signed certificate for `names` (DNS); returns (cert, key) paths."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    san = ",".join(f"DNS:{n}" for n in names)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={names[0]}", "-addext"]
+        + [f"subjectAltName={san}"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def model_pods(c):
     pods = c.get("pods", "-n", NS, "-l", f"{INSTANCE},app.kubernetes.io/component=model")["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
@@ -131,7 +181,7 @@ def ready(pod):
 def app(cluster, summary):
     """The cluster, the summary, and what one phase hands to the next (`base`: the router's URL).
     At the end, after a failed phase, the app's objects and Events go into the summary."""
-    state = SimpleNamespace(c=cluster, summary=summary, base=None)
+    state = SimpleNamespace(c=cluster, summary=summary, base=None, auth=None, keys={})
     yield state
     if "failed" in summary:
         summary["diagnostics"] = []
@@ -142,9 +192,40 @@ def app(cluster, summary):
             summary["diagnostics"] += [f"$ kubectl {' '.join(what)}", cluster.kubectl(*what, check=False)[-3000:]]
 
 
-def test_install(app):
+def test_install(app, tmp_path):
     c, summary = app.c, app.summary
-    c.kubectl("apply", "-f", "-", stdin=(HERE / "example-app.yaml").read_text())
+    # The app's namespace enforces Pod Security `restricted`: the API server refuses any pod of
+    # ours that breaks it, and (proof that it is on) a pod asking for privilege.
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": labels}}
+    c.kubectl("apply", "-f", "-", stdin=json.dumps(namespace))
+    container = {"name": "c", "image": IMAGE, "securityContext": {"privileged": True}}
+    privileged = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged", "namespace": NS}}
+    privileged["spec"] = {"containers": [container]}
+    with pytest.raises(RuntimeError, match='PodSecurity "restricted'):
+        c.kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(privileged))
+    # API keys (one tenant per entry) and the router's certificate, as Secrets in that namespace.
+    app.keys = {t: secrets.token_urlsafe(24) for t in TENANTS}
+    c.kubectl(
+        "create",
+        "secret",
+        "generic",
+        f"{APP}-keys",
+        "-n",
+        NS,
+        *[f"--from-literal={t}={k}" for t, k in app.keys.items()],
+    )
+    cert, key = self_signed(tmp_path, [f"{APP}-router.{NS}.svc", f"{APP}-router.{NS}.svc.cluster.local"])
+    c.kubectl("create", "secret", "tls", f"{APP}-tls", "-n", NS, f"--cert={cert}", f"--key={key}")
+    app.auth = Auth(cert, app.keys["team-a"])
+    spec = yaml.safe_load((HERE / "example-app.yaml").read_text())
+    spec["metadata"]["namespace"] = NS
+    spec["spec"]["tls"] = {"secretName": f"{APP}-tls"}
+    spec["spec"]["auth"] = {
+        "apiKeys": {"secretRef": {"name": f"{APP}-keys"}},
+        "limits": {"tenants": {"team-b": {"requestsPerMinute": 3}}},
+    }
+    c.kubectl("apply", "-f", "-", stdin=json.dumps(spec))
     t0 = time.time()
     ready_status = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
     eventually(
@@ -154,20 +235,25 @@ def test_install(app):
     )
     summary["ready_after_s"] = round(time.time() - t0, 1)
     log(f"LlmApplication Ready after {summary['ready_after_s']} s")
-    print(c.kubectl("get", "llmapp", "-n", NS), flush=True)
+    table = c.kubectl("get", "llmapp", "-n", NS)
+    print(table, flush=True)
+    assert "apiKeys" in table.splitlines()[1], f"the AUTH column says the app asks for keys: {table}"
 
 
 def test_serve(app):
-    """OpenAI requests through the router's Service."""
-    c, summary = app.c, app.summary
+    """OpenAI requests through the router's Service, in HTTPS with a tenant's key: the official
+    client, raw streams, the keys refused, removed and rate-limited."""
+    c, summary, auth = app.c, app.summary, app.auth
     svc = c.get("service", f"{APP}-router", "-n", NS)
-    app.base = base = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    app.base = base = f"https://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
     summary["openai_url"] = base + "/v1"
-    eventually("the router to list the model", lambda: MODEL in get(base + "/v1/models")[1].decode(), 60)
-    status, body = post_json(base + "/v1/completions", PROMPT)
-    assert status == 200, f"completion through the router: {status} {body}"
-    plain = json.loads(body)["choices"][0]["text"]
-    streamed, events = stream(base + "/v1/completions", PROMPT)
+    eventually("the router to list the model", lambda: MODEL in auth.get(base + "/v1/models")[1].decode(), 60)
+    with httpx.Client(verify=auth.tls) as http:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=auth.key, http_client=http, max_retries=0)
+        plain = client.completions.create(**PROMPT).choices[0].text
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base + "/v1", api_key="not-a-key", http_client=http, max_retries=0).models.list()
+    streamed, events = stream(base + "/v1/completions", PROMPT, auth=auth)
     # The image computes what llama2.c's run.c computes for the same weights (greedy).
     ref = reference("once_upon_a_time.txt")
     assert len(plain) > 20 and ref.startswith(PROMPT["prompt"] + plain), (
@@ -175,19 +261,106 @@ def test_serve(app):
     )
     assert streamed == plain, f"streamed text differs from the plain one: {streamed!r} vs {plain!r}"
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "Lily saw a dog"}], "max_tokens": 32}
-    status, body = post_json(base + "/v1/chat/completions", chat)
+    status, body = auth.post(base + "/v1/chat/completions", chat)
     assert status == 200 and json.loads(body)["choices"][0]["message"]["content"], (
         f"chat through the router: {status} {body}"
     )
-    status, body = post_json(base + "/v1/completions", {"model": "no-such-model", "prompt": "x"})
+    status, body = auth.post(base + "/v1/completions", {"model": "no-such-model", "prompt": "x"})
     assert status == 404 and json.loads(body)["error"]["code"] == "model_not_found", f"unknown model: {status} {body}"
-    status, body = post_json(base + "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": -1})
+    status, body = auth.post(base + "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": -1})
     assert status == 400 and "error" in json.loads(body), f"bad request: {status} {body}"
-    log(
-        f"router answers: llama2.c's greedy text {plain[:40]!r}..., the same over {events} SSE events; "
-        "404 and 400 in OpenAI's envelope"
+    # Without a key, or over HTTP on the HTTPS port, nothing is served.
+    status, body = post_json(base + "/v1/completions", PROMPT, context=auth.tls)
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key", f"no key: {status} {body}"
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(base.replace("https://", "http://") + "/v1/completions", json=PROMPT, timeout=10)
+    # team-b's limit: 3 requests a minute, then 429 with OpenAI's headers.
+    short = {**PROMPT, "max_tokens": 2}
+    answers = [auth.post(base + "/v1/completions", short, key=app.keys["team-b"]) for _ in range(4)]
+    assert [s for s, _ in answers] == [200, 200, 200, 429], f"team-b over its limit: {answers}"
+    assert json.loads(answers[3][1])["error"]["code"] == "rate_limit_exceeded", answers[3]
+    # A key removed from the Secret stops working without a restart of the router.
+    assert auth.post(base + "/v1/completions", short, key=app.keys["team-c"])[0] == 200
+    patch = json.dumps([{"op": "remove", "path": "/data/team-c"}])
+    c.kubectl("patch", "secret", f"{APP}-keys", "-n", NS, "--type", "json", "-p", patch)
+    t_removed = time.time()
+    eventually(
+        "team-c's removed key to be refused",
+        lambda: auth.post(base + "/v1/completions", short, key=app.keys["team-c"])[0] == 401,
+        30,
+        every=0.5,
     )
-    summary["requests"] = 5
+    summary["key_removed_s"] = round(time.time() - t_removed, 1)
+    log(
+        f"router answers over HTTPS with a key: llama2.c's greedy text {plain[:40]!r}... through the OpenAI client, "
+        f"the same over {events} SSE events; 404, 400, 401 and 429 in OpenAI's envelope; a removed key refused after "
+        f"{summary['key_removed_s']} s"
+    )
+    summary["requests"] = 10
+
+
+def outsider(c, name, labels, target):
+    """A pod outside the app's control: a router of our image with one static backend, `target`
+    (`IP:PORT`), so a request to it from this host tells whether it reaches that address. Returns
+    its URL once it answers."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": RESTRICTED,
+            "containers": [
+                {
+                    "name": "router",
+                    "image": IMAGE,
+                    "command": ["llmserve-router"],
+                    "args": ["--host", "0.0.0.0", "--port", "8000", "--backend", f"{MODEL}=http://{target}"]
+                    + ["--health-check-interval-seconds", "0", "--connect-timeout-seconds", "3"]
+                    + ["--outlier-consecutive-failures", "0", "--log-format", "text"],
+                    "securityContext": LOCKED,
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+    c.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+    c.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "-n", NS, "--timeout=60s")
+    url = f"http://{c.get('pod', name, '-n', NS)['status']['podIP']}:8000"
+    eventually(f"{name} to answer", lambda: get(url + "/health")[0] == 200, 30)
+    return url
+
+
+def test_isolation(app):
+    """The app's NetworkPolicy, enforced: the models' API port takes the app's router pods only (a
+    pod that differs from them only in its labels is refused, one with their labels is let in),
+    and their metrics port takes Prometheus only."""
+    c, summary = app.c, app.summary
+    policy = c.get("networkpolicy", f"{APP}-models", "-n", NS)
+    assert policy["metadata"]["ownerReferences"][0]["name"] == APP
+    model = next(p for p in model_pods(c) if ready(p))["status"]["podIP"]
+    router_labels = {"app.kubernetes.io/instance": APP, "app.kubernetes.io/component": "router"}
+    cases = [
+        ("outsider-api", {"app.kubernetes.io/name": "outsider"}, f"{model}:8000"),
+        ("routerlike-api", router_labels, f"{model}:8000"),
+        ("routerlike-metrics", router_labels, f"{model}:9090"),
+    ]
+    seen = {}
+    try:
+        for name, labels, target in cases:
+            url = outsider(c, name, labels, target)
+            status, body = post_json(url + "/v1/completions", {**PROMPT, "max_tokens": 2}, timeout=60)
+            seen[name] = status
+            log(f"{name} -> {target}: {status} {body[:160]}")
+    finally:
+        c.kubectl("delete", "pod", *[n for n, _, _ in cases], "-n", NS, "--ignore-not-found", "--wait=true")
+    summary["isolation"] = seen
+    # Refused connections come back as the router's 5xx; the metrics port, had it been reached,
+    # would have answered 404 (it serves /metrics and /health only).
+    assert seen["routerlike-api"] == 200, f"a pod with the router's labels reaches the model's API: {seen}"
+    assert seen["outsider-api"] >= 500, f"a pod outside the app is kept from the model's API: {seen}"
+    assert seen["routerlike-metrics"] >= 500, f"only Prometheus reaches the metrics port: {seen}"
 
 
 def test_scrape(app):
@@ -256,7 +429,7 @@ def test_autoscale(app):
         return row
 
     t_load = time.time()
-    with Load(app.base + "/v1/completions", clients=8) as load:
+    with Load(app.base + "/v1/completions", clients=8, auth=app.auth) as load:
         summary["hpa_timeline"] = timeline
         eventually(
             "the HPA to scale to 2 with both replicas Ready", lambda: (lambda r: r[1] == 2 and r[4] == 2)(sample()), 240
@@ -269,7 +442,7 @@ def test_autoscale(app):
         served_under_load = load.ok
     t_stop = time.time()
     # One client streams without pause while a replica goes away: nothing it sends may be lost.
-    with Load(app.base + "/v1/completions", clients=1, max_tokens=32, pause=0) as steady:
+    with Load(app.base + "/v1/completions", clients=1, max_tokens=32, pause=0, auth=app.auth) as steady:
         eventually(
             "the HPA to scale back to 1 after the load", lambda: (lambda r: r[1] == 1 and r[4] == 1)(sample()), 300
         )
@@ -301,18 +474,18 @@ def test_dashboards(app):
         f"series scraped per job: {summary['series']}"
     )
     summary["dashboards"] = dashboards(c)
-    # This app asks for no API keys, so the Tenants row has nothing to show, and must show nothing;
-    # the keys and that row are proven in tests/observability and the router's tests.
+    # The Tenants row included: the app asks for keys, and team-b was rate-limited.
     tenant_panels = {
         p["title"]
         for p in query_panels(json.loads((DASHBOARDS / "llm-serving.json").read_text()))
         if any("llmserve_router_tenant_" in t["expr"] for t in p.get("targets", []))
     }
     assert tenant_panels, "the serving dashboard has a Tenants row"
-    empty = {name: [t for t in e if t not in tenant_panels] for name, (_, _, e) in summary["dashboards"].items()}
-    empty = {name: e for name, e in empty.items() if e}
+    empty = {name: e for name, (_, _, e) in summary["dashboards"].items() if e}
     assert not empty, f"dashboard panels without data: {empty}"
-    assert tenant_panels <= set(summary["dashboards"]["llm-serving"][2]), "tenant series without API keys"
+    tenants = c.prometheus.series(f'sum by (tenant) (llmserve_router_tenant_requests_total{{namespace="{NS}"}})')
+    summary["tenants"] = {r["metric"]["tenant"]: round(float(r["value"][1])) for r in tenants}
+    assert {"team-a", "team-b", "team-c"} <= set(summary["tenants"]), f"requests by tenant: {summary['tenants']}"
 
 
 def dashboards(c):
@@ -346,7 +519,7 @@ def test_engine_metrics_off(app):
         f"engine series from {before} before the change"
     )
     patch = '[{"op": "replace", "path": "/spec/models/0/logEngineMetrics", "value": false}]'
-    steady = Load(app.base + "/v1/completions", clients=1, max_tokens=32, pause=0).__enter__()
+    steady = Load(app.base + "/v1/completions", clients=1, max_tokens=32, pause=0, auth=app.auth).__enter__()
     c.kubectl("patch", "llmapp", APP, "-n", NS, "--type", "json", "-p", patch)
 
     def rolled():
@@ -371,7 +544,7 @@ def test_engine_metrics_off(app):
     # One client streamed without pause through the rollout: nothing it sent may be lost.
     assert steady.ok > 0 and steady.errors == 0, f"requests lost during the rollout: {steady.failures}"
     for _ in range(5):
-        post_json(app.base + "/v1/completions", PROMPT)
+        app.auth.post(app.base + "/v1/completions", PROMPT)
     sel = f'namespace="{NS}",pod=~"{"|".join(new)}"'
     eventually(
         "the new replicas' service-level series in Prometheus",

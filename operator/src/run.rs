@@ -213,10 +213,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.usage_stats {
         let (client, ns, metrics, url) =
             (client.clone(), args.namespace.clone(), metrics.clone(), args.usage_report_url.clone());
+        let watched = args.watch_namespace.clone();
         let every = Duration::from_secs(args.usage_interval_seconds.max(1));
         tokio::spawn(async move {
             loop {
-                match usage::run_once(&client, &ns, &metrics, url.as_deref()).await {
+                match usage::run_once(&client, &ns, watched.as_deref(), &metrics, url.as_deref()).await {
                     Ok(r) => {
                         tracing::info!(applications = r.num_applications, models = r.num_models, "usage data collected")
                     }

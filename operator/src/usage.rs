@@ -137,15 +137,21 @@ pub fn export(metrics: &Metrics, report: &UsageReport) {
     metrics.usage_applications.with_label_values(&["models"]).set(report.num_models as i64);
 }
 
-/// Lists every LlmApplication, writes the ConfigMap, sets the metrics, and posts the report when
-/// `report_url` is set.
+/// Lists the LlmApplications the operator manages (those of `watched`, or of every namespace),
+/// writes the ConfigMap in `namespace`, sets the metrics, and posts the report when `report_url`
+/// is set.
 pub async fn run_once(
     client: &Client,
     namespace: &str,
+    watched: Option<&str>,
     metrics: &Metrics,
     report_url: Option<&str>,
 ) -> Result<UsageReport> {
-    let apps = Api::<LlmApplication>::all(client.clone()).list(&ListParams::default()).await?;
+    let api = match watched {
+        Some(ns) => Api::<LlmApplication>::namespaced(client.clone(), ns),
+        None => Api::<LlmApplication>::all(client.clone()),
+    };
+    let apps = api.list(&ListParams::default()).await?;
     let report = collect(&apps.items);
     export(metrics, &report);
     let body = serde_json::to_string_pretty(&report)?;

@@ -1,9 +1,11 @@
 """The Helm chart: lint, snapshot, server-side dry runs on the real test API server, RBAC proven
-by running the operator as the chart's ServiceAccount (and failing without any one ClusterRole
-rule), and the prometheus-adapter rule against real Prometheus and real servers."""
+by running the operator as the chart's ServiceAccount (and failing without any one rule on
+applications), watching all namespaces (a ClusterRole) and one (a Role there), and the
+prometheus-adapter rule against real Prometheus and real servers."""
 
 import asyncio
 import copy
+import json
 import os
 import re
 import subprocess
@@ -50,8 +52,8 @@ def helm(*args):
     return r.stdout
 
 
-def render(*extra):
-    return helm("template", "llmserve", str(CHART), "--namespace", NS, *MONITORING, *extra)
+def render(*extra, release="llmserve", namespace=NS):
+    return helm("template", release, str(CHART), "--namespace", namespace, *MONITORING, *extra)
 
 
 def docs(text):
@@ -76,6 +78,35 @@ def test_snapshot_of_the_default_render():
 def test_bad_values_are_refused_with_a_clear_message():
     r = helm_run("template", "x", str(CHART), "--set", "operator.concurrency=0")
     assert r.returncode != 0 and "/operator/concurrency" in r.stderr, r.stderr
+    for bad in ('{"Team_/x": "a"}', '{"team": "a,b=c"}', '{"team": "-a"}', '{"team": 1}'):
+        r = helm_run("template", "x", str(CHART), "--set-json", f"networkPolicy.prometheus.podSelector={bad}")
+        assert r.returncode != 0 and "/networkPolicy/prometheus/podSelector" in r.stderr, (bad, r.stderr)
+
+
+def test_network_policy_values_become_the_operators_flags():
+    def flags(*extra):
+        names = ("--network-policy=", "--metrics-namespace-selector=", "--metrics-pod-selector=")
+        return [a for a in operator_args(render(*extra)) if a.startswith(names)]
+
+    assert flags() == [
+        "--network-policy=true",
+        "--metrics-namespace-selector=kubernetes.io/metadata.name=monitoring",
+        "--metrics-pod-selector=app.kubernetes.io/name=prometheus",
+    ]
+    # Keys sorted; Helm merges maps into the defaults, so a default key set to null is dropped, and
+    # an empty map selects everything.
+    values = {
+        "enabled": False,
+        "prometheus": {
+            "namespaceSelector": {"team": "obs", "example.com/tier": "a-1", "kubernetes.io/metadata.name": None},
+            "podSelector": {"app.kubernetes.io/name": None},
+        },
+    }
+    assert flags("--set-json", f"networkPolicy={json.dumps(values)}") == [
+        "--network-policy=false",
+        "--metrics-namespace-selector=example.com/tier=a-1,team=obs",
+        "--metrics-pod-selector=",
+    ]
 
 
 def test_the_render_is_locked_down():
@@ -93,9 +124,15 @@ def test_the_render_is_locked_down():
     }
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["resources"]["requests"] and c["resources"]["limits"]
-    for kind in ("ClusterRole", "Role"):
-        for rule in d[(kind, "llmserve")]["rules"]:
-            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], f"{kind} has a wildcard: {rule}"
+    watching = {(x["kind"], x["metadata"]["name"]): x for x in docs(render("--set", "operator.watchNamespace=team-a"))}
+    for role in [x for x in [*d.values(), *watching.values()] if x["kind"] in ("ClusterRole", "Role")]:
+        for rule in role["rules"]:
+            wild = "*" in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert not wild, f"{role['kind']} {role['metadata']['name']} has a wildcard: {rule}"
+    # Watching one namespace, the ClusterRole's rules are a Role there instead.
+    assert watching[("Role", "llmserve-applications")]["metadata"]["namespace"] == "team-a"
+    assert watching[("Role", "llmserve-applications")]["rules"] == d[("ClusterRole", "llmserve")]["rules"]
+    assert ("ClusterRole", "llmserve") not in watching and ("ClusterRoleBinding", "llmserve") not in watching
     cms = [x for (k, n), x in d.items() if k == "ConfigMap" and "dashboard" in n]
     assert len(cms) == 2 and all(x["metadata"]["labels"]["grafana_dashboard"] == "1" for x in cms)
     rule = d[("PrometheusRule", "llmserve")]
@@ -146,8 +183,8 @@ spec:
 """
 
 
-def sa_kubeconfig(cp, sa):
-    token = cp.kubectl("create", "token", sa, "-n", NS, "--duration=1h").strip()
+def sa_kubeconfig(cp, sa, namespace=NS):
+    token = cp.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").strip()
     kc = yaml.safe_load(Path(cp.kubeconfig).read_text())
     kc["users"] = [{"name": sa, "user": {"token": token}}]
     kc["contexts"][0]["context"]["user"] = sa
@@ -156,48 +193,50 @@ def sa_kubeconfig(cp, sa):
     return str(path)
 
 
-def operator_args(rendered, leader_election=True):
-    """The operator's flags from the rendered Deployment (run_operator picks the metrics port)."""
+def operator_args(rendered, *overrides):
+    """The operator's flags from the rendered Deployment (run_operator picks the metrics port),
+    each `--flag=value` of `overrides` in place of the chart's."""
     dep = next(d for d in docs(rendered) if d["kind"] == "Deployment")
     args = list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
-    if not leader_election:
-        args = [a for a in args if not a.startswith("--leader-election")] + ["--leader-election=false"]
-    return args
+    names = {o.split("=", 1)[0] for o in overrides}
+    return [a for a in args if a.split("=", 1)[0] not in names] + list(overrides)
+
+
+def watch_operator(op, deadline, what, check):
+    """Waits until `check()` holds; None then, else what went wrong: the operator exited, met a
+    forbidden error (the first one it logged), or time ran out."""
+    while time.time() < deadline:
+        log = op.log_text()
+        if op.process.poll() is not None:
+            return f"the operator exited: {log[-1500:]}"
+        if "forbidden" in log:
+            line = next(x for x in log.splitlines() if "forbidden" in x)
+            m = re.search(r'cannot (\w+) resource \\*"([\w/.]+)\\*"', line)
+            if m:
+                return f"forbidden: cannot {m.group(1)} {m.group(2)}"
+            # RBAC's escalation check: a Role may grant only what its writer holds.
+            m = re.search(r"applying (\w+ [\w.-]+) failed: .*attempting to grant RBAC permissions", line)
+            if m:
+                return f"forbidden: cannot grant in {m.group(1)} what it does not hold"
+            return "forbidden: " + line[:400]
+        try:
+            if check():
+                return None
+        except RuntimeError:
+            pass
+        time.sleep(0.3)
+    return f"timed out waiting for {what}"
+
+
+def has(cp, ns, kind, name):
+    return cp.kubectl("get", kind, name, "-n", ns, "--ignore-not-found", "-o", "name").strip() != ""
 
 
 def scenario(cp, ns, op, timeout):
-    """The operator's whole write path: apply an app, change it (prune a model, turn observability
-    off). Returns None on success, else what went wrong."""
-    cp.kubectl("create", "namespace", ns)
+    """The operator's write path in `ns` (which exists): apply an app, change it (prune a model,
+    turn observability off). Returns None on success, else what went wrong."""
     cp.kubectl("apply", "-n", ns, "-f", "-", stdin=APP)
     deadline = time.time() + timeout
-
-    def wait(what, check):
-        while time.time() < deadline:
-            log = op.log_text()
-            if op.process.poll() is not None:
-                return f"the operator exited: {log[-1500:]}"
-            if "forbidden" in log:
-                line = next(x for x in log.splitlines() if "forbidden" in x)
-                m = re.search(r'cannot (\w+) resource \\*"([\w/.]+)\\*"', line)
-                if m:
-                    return f"forbidden: cannot {m.group(1)} {m.group(2)}"
-                # RBAC's escalation check: a Role may grant only what its writer holds.
-                m = re.search(r"applying (\w+ [\w.-]+) failed: .*attempting to grant RBAC permissions", line)
-                if m:
-                    return f"forbidden: cannot grant in {m.group(1)} what it does not hold"
-                return "forbidden: " + line[:400]
-            try:
-                if check():
-                    return None
-            except RuntimeError:
-                pass
-            time.sleep(0.3)
-        return f"timed out waiting for {what}"
-
-    def has(kind, name):
-        return cp.kubectl("get", kind, name, "-n", ns, "--ignore-not-found", "-o", "name").strip() != ""
-
     children = [
         ("deployment", "shop--chat"),
         ("deployment", "shop--extra"),
@@ -207,11 +246,15 @@ def scenario(cp, ns, op, timeout):
         ("servicemonitor", "shop-router"),
         ("prometheusrule", "shop-slo"),
         ("serviceaccount", "shop-router"),
+        ("serviceaccount", "shop-models"),
+        ("networkpolicy", "shop-models"),
         ("role", "shop-router"),
         ("rolebinding", "shop-router"),
     ]
-    err = wait("every child", lambda: all(has(k, n) for k, n in children))
-    err = err or wait(
+    err = watch_operator(op, deadline, "every child", lambda: all(has(cp, ns, k, n) for k, n in children))
+    err = err or watch_operator(
+        op,
+        deadline,
         "status",
         lambda: (
             "Applied" in cp.kubectl("get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}")
@@ -224,64 +267,195 @@ def scenario(cp, ns, op, timeout):
     app["spec"]["models"] = app["spec"]["models"][:1]
     app["spec"]["observability"] = {"enabled": False}
     cp.kubectl("apply", "-n", ns, "-f", "-", stdin=yaml.safe_dump(app))
-    return wait(
-        "pruning",
-        lambda: (
-            not any(
-                has(k, n)
-                for k, n in [
-                    ("deployment", "shop--extra"),
-                    ("servicemonitor", "shop--chat"),
-                    ("servicemonitor", "shop-router"),
-                    ("prometheusrule", "shop-slo"),
-                ]
-            )
-        ),
+    gone = [
+        ("deployment", "shop--extra"),
+        ("servicemonitor", "shop--chat"),
+        ("servicemonitor", "shop-router"),
+        ("prometheusrule", "shop-slo"),
+    ]
+    return watch_operator(op, deadline, "pruning", lambda: not any(has(cp, ns, k, n) for k, n in gone))
+
+
+def policy_off(cp, ns, op, timeout):
+    """The rest of the write path, for an operator started with `--network-policy=false` after
+    `scenario`: it deletes the app's NetworkPolicy. None on success, else what went wrong."""
+    deadline = time.time() + timeout
+    return watch_operator(
+        op, deadline, "the NetworkPolicy deleted", lambda: not has(cp, ns, "networkpolicy", "shop-models")
     )
 
 
-def run_operator(name, kubeconfig, args):
+def run_operator(name, kubeconfig, args, namespace=NS):
     """The operator with the chart's flags, its metrics on a free port instead; not waited for."""
     args = [a for a in args if not a.startswith("--metrics-addr")]
-    env = {"POD_NAMESPACE": NS, "POD_NAME": "llmserve-0", "RUST_LOG": "info,kube=warn"}
+    env = {"POD_NAMESPACE": namespace, "POD_NAME": "llmserve-0", "RUST_LOG": "info,kube=warn"}
     return procs.operator(name, kubeconfig, *args, env=env, health=None)
+
+
+def write_path(cp, ns, kubeconfig, rendered, name, timeout, namespace=NS):
+    """`scenario`, then `policy_off`, each with an operator of its own (no leader election)."""
+    args = operator_args(rendered, "--leader-election=false")
+    with run_operator(name, kubeconfig, args, namespace) as op:
+        err = scenario(cp, ns, op, timeout)
+    if err:
+        return err
+    args = operator_args(rendered, "--leader-election=false", "--network-policy=false")
+    with run_operator(f"{name}-off", kubeconfig, args, namespace) as op:
+        return policy_off(cp, ns, op, timeout)
+
+
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def rbac_docs(rendered, namespace=None):
+    """The render's ServiceAccount, Roles, ClusterRoles and bindings; with `namespace`, those in it."""
+    return [
+        d for d in docs(rendered) if d["kind"] in RBAC_KINDS and namespace in (None, d["metadata"].get("namespace"))
+    ]
+
+
+def apply_docs(cp, ds):
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump_all(ds))
+    time.sleep(1)  # the authorizer's informer catches up
+
+
+def rule_name(rule):
+    return f"{','.join(rule['apiGroups']) or 'core'} {','.join(rule['resources'])} [{','.join(rule['verbs'])}]"
+
+
+def each_rule_is_needed(role, attempt):
+    """Runs `attempt(i, cut)` for each rule of `role`, `cut` being `role` without rule `i`; each
+    attempt must meet a forbidden error."""
+    print(f"\n| {role['kind']} {role['metadata']['name']}: rule removed | what the operator met |\n|---|---|")
+    for i, rule in enumerate(role["rules"]):
+        cut = copy.deepcopy(role)
+        del cut["rules"][i]
+        err = attempt(i, cut)
+        print(f"| {rule_name(rule)} | {(err or 'nothing').splitlines()[0][:160]} |")
+        assert err is not None, f"the operator did not need {rule_name(rule)} of {role['kind']}"
+        assert err.startswith("forbidden"), f"without {rule_name(rule)}, not a forbidden error: {err}"
+
+
+def granted(cp, kubeconfig, namespace):
+    """What the API server lets the user of `kubeconfig` do in `namespace` (a SelfSubjectRulesReview):
+    every (apiGroup, resource, resourceName, verb) and every (nonResourceURL, verb)."""
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    args = ("--kubeconfig", kubeconfig, "create", "--validate=false", "-f", "-", "-o", "json")
+    out = cp.kubectl(*args, stdin=yaml.safe_dump(review))
+    status = yaml.safe_load(out)["status"]
+    rules = {
+        (g, r, n, v)
+        for rule in status.get("resourceRules", [])
+        for g in rule.get("apiGroups", [""])
+        for r in rule.get("resources", [])
+        for n in rule.get("resourceNames", ["*"])
+        for v in rule["verbs"]
+    }
+    return rules | {
+        (u, v) for rule in status.get("nonResourceRules", []) for u in rule["nonResourceURLs"] for v in rule["verbs"]
+    }
+
+
+def cluster_wide(cp, kubeconfig):
+    """What the chart grants `kubeconfig`'s user in a namespace it has no Role in, that is
+    cluster-wide, beyond what every authenticated user may do (a ServiceAccount bound to nothing)."""
+    if not has(cp, NS, "serviceaccount", "nobody"):
+        cp.kubectl("create", "serviceaccount", "nobody", "-n", NS)
+    return granted(cp, kubeconfig, "team-a") - granted(cp, sa_kubeconfig(cp, "nobody"), "team-a")
+
+
+def full_run(cp, ns, kubeconfig, rendered, namespace, release):
+    """The write path with the operator as the chart runs it (leader election and usage data on):
+    no forbidden error anywhere, the usage data and the Lease written with the chart's Role, the
+    NetworkPolicy admitting the chart's Prometheus; then the policy deleted with it off."""
+    with run_operator("operator", kubeconfig, operator_args(rendered), namespace) as op:
+        err = scenario(cp, ns, op, timeout=60)
+        assert err is None, f"{err}\n{op.log_text()[-3000:]}"
+        metrics = get(f"{op.url}/metrics")[1].decode()
+        assert 'llmserve_operator_reconcile_errors_total{reason="forbidden"} 0' in metrics
+        assert "llmserve_usage_applications" in metrics, "usage data was written with the chart's Role"
+        assert cp.kubectl("get", "configmap", "llmserve-usage-stats", "-n", namespace, "-o", "name").strip()
+        lease = cp.kubectl("get", "lease", release, "-n", namespace, "-o", "jsonpath={.spec.holderIdentity}")
+        assert lease == "llmserve-0"
+    policy = cp.get("networkpolicy", "shop-models", "-n", ns)
+    prometheus = policy["spec"]["ingress"][1]["from"][0]
+    assert prometheus == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }, "the chart's networkPolicy.prometheus reaches the policy"
+    args = operator_args(rendered, "--network-policy=false")
+    with run_operator("operator-off", kubeconfig, args, namespace) as op:
+        err = policy_off(cp, ns, op, timeout=30)
+        assert err is None, f"{err}\n{op.log_text()[-3000:]}"
 
 
 def test_rbac_is_exactly_what_the_operator_needs(cluster):
     cp = cluster
     rendered = render()
-    rbac = [
-        d
-        for d in docs(rendered)
-        if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-    ]
-    cp.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+    rbac = rbac_docs(rendered)
+    apply_docs(cp, rbac)
     kubeconfig = sa_kubeconfig(cp, "llmserve")
-    with run_operator("operator", kubeconfig, operator_args(rendered)) as op:
-        err = scenario(cp, "rbac-full", op, timeout=60)
-        assert err is None, f"{err}\n{op.log_text()[-3000:]}"
-        metrics = get(f"{op.url}/metrics")[1].decode()
-        assert 'llmserve_operator_reconcile_errors_total{reason="forbidden"} 0' in metrics
-        assert "llmserve_usage_applications" in metrics, "usage data was written with the chart's Role"
-        assert cp.kubectl("get", "configmap", "llmserve-usage-stats", "-n", NS, "-o", "name").strip()
-        assert cp.kubectl("get", "lease", "llmserve", "-n", NS, "-o", "jsonpath={.spec.holderIdentity}") == "llmserve-0"
+    cp.kubectl("create", "namespace", "rbac-full")
+    full_run(cp, "rbac-full", kubeconfig, rendered, NS, "llmserve")
 
-    # Each ClusterRole rule is needed: without it the same scenario meets a forbidden error.
+    # Each ClusterRole rule is needed: without it the same write path meets a forbidden error.
+    def attempt(i, cut):
+        apply_docs(cp, [cut])
+        ns = f"rbac-cut-{i}"
+        cp.kubectl("create", "namespace", ns)
+        return write_path(cp, ns, kubeconfig, rendered, f"operator-cut{i}", timeout=30)
+
     role = next(d for d in rbac if d["kind"] == "ClusterRole")
-    print("\n| ClusterRole rule removed | what the operator met |\n|---|---|")
     try:
-        for i, rule in enumerate(role["rules"]):
-            cut = copy.deepcopy(role)
-            del cut["rules"][i]
-            cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(cut))
-            time.sleep(1)  # the authorizer's informer catches up
-            with run_operator(f"operator-cut{i}", kubeconfig, operator_args(rendered, leader_election=False)) as op:
-                err = scenario(cp, f"rbac-cut-{i}", op, timeout=30)
-            name = f"{','.join(rule['apiGroups']) or 'core'} {','.join(rule['resources'])} [{','.join(rule['verbs'])}]"
-            print(f"| {name} | {(err or 'nothing').splitlines()[0][:160]} |")
-            assert err is not None, f"the operator did not need {name}"
+        each_rule_is_needed(role, attempt)
     finally:
-        cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(role))
+        apply_docs(cp, [role])
+
+
+def test_rbac_watching_one_namespace_is_a_role_there(cluster):
+    """With operator.watchNamespace, the operator works with a Role in that namespace (and the one
+    in its own), usage data on or off, each rule of it needed, and nothing cluster-wide granted."""
+    cp = cluster
+    release, namespace = "llmserve-ns", "llmserve-ns-system"
+    cp.kubectl("create", "namespace", namespace)
+
+    def watching(ns, *extra):
+        """The chart watching `ns` (created here)."""
+        cp.kubectl("create", "namespace", ns)
+        return render("--set", f"operator.watchNamespace={ns}", *extra, release=release, namespace=namespace)
+
+    rendered = watching("rbac-ns-full")
+    rbac = rbac_docs(rendered)
+    apply_docs(cp, rbac)
+    assert [d for d in rbac if "namespace" not in d["metadata"]] == [], "nothing cluster-wide is rendered"
+    kubeconfig = sa_kubeconfig(cp, release, namespace)
+    assert cluster_wide(cp, kubeconfig) == set()
+    full_run(cp, "rbac-ns-full", kubeconfig, rendered, namespace, release)
+
+    # Each rule of the Role in the watched namespace is needed; each attempt watches a namespace of
+    # its own, holding the Role without that rule.
+    def attempt_role(i, cut):
+        ns = f"rbac-ns-cut-{i}"
+        r = watching(ns)
+        cut["metadata"]["namespace"] = ns
+        apply_docs(cp, [cut, *(d for d in rbac_docs(r, ns) if d["kind"] == "RoleBinding")])
+        return write_path(cp, ns, kubeconfig, r, f"operator-ns-cut{i}", timeout=30, namespace=namespace)
+
+    each_rule_is_needed(
+        next(d for d in rbac if d["kind"] == "Role" and d["metadata"]["namespace"] != namespace), attempt_role
+    )
+
+    # Usage data off: the same, and the operator still works.
+    rendered = watching("rbac-ns-no-usage", "--set", "usageStats.enabled=false")
+    assert [d for d in rbac_docs(rendered) if "namespace" not in d["metadata"]] == []
+    apply_docs(cp, rbac_docs(rendered))
+    assert cluster_wide(cp, kubeconfig) == set()
+    err = write_path(cp, "rbac-ns-no-usage", kubeconfig, rendered, "operator-ns-no-usage", 60, namespace=namespace)
+    assert err is None, err
 
 
 # === the prometheus-adapter rule ===

@@ -14,17 +14,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def get(url, timeout=5):
-    """(status, body) of a GET; an HTTP error status raises urllib.error.HTTPError."""
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def get(url, timeout=5, headers=None, context=None):
+    """(status, body) of a GET; an HTTP error status raises urllib.error.HTTPError. `context`: the
+    TLS context of an https URL."""
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
         return r.status, r.read()
 
 
-def post_json(url, body, timeout=60):
+def post_json(url, body, timeout=60, headers=None, context=None):
     """(status, text) of a POST of `body` as JSON; an HTTP error status is returned, not raised."""
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"content-type": "application/json", **(headers or {})}
+    )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
