@@ -2,8 +2,7 @@
 # Builds the components of the end-to-end cluster from the Go module proxy, at pinned versions:
 # kube-controller-manager, kube-scheduler, kubelet and kube-proxy at the control plane's Kubernetes
 # version; containerd 2.x (Debian's 1.6 is too old for this kubelet); prometheus-operator and its
-# prometheus-config-reloader; prometheus-adapter; Prometheus; kube-network-policies (NetworkPolicy
-# enforcement with nftables). Cached outside the repo; prints the bin directory.
+# prometheus-config-reloader; prometheus-adapter; Prometheus. Cached outside the repo; prints the bin directory.
 set -euo pipefail
 LOG_TAG=cluster
 source "$(dirname "${BASH_SOURCE[0]}")/../../tests/harness/lib.sh"
@@ -15,9 +14,6 @@ ADAPTER_VERSION="${ADAPTER_VERSION:-v0.12.0}"
 # without Kubernetes service discovery, which every ServiceMonitor needs.
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.5.0}"
 PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.305.0}"
-# kubernetes-sigs' NetworkPolicy enforcer (nftables + nfqueue); kube-router, the other one the Go
-# module proxy has, is served only at a release with reported security flaws.
-NETPOL_VERSION="${NETPOL_VERSION:-v0.8.0}"
 CACHE="$LLMSERVE_CACHE"
 CP_BIN="$(bash "$ROOT/tests/harness/build-control-plane.sh" | tail -1)"
 SRC="$(dirname "$CP_BIN")/src"
@@ -75,10 +71,5 @@ if [[ ! -x "$BIN/prometheus" ]]; then
   log "building prometheus $PROMETHEUS_VERSION (Kubernetes service discovery only)"
   build_module github.com/prometheus/prometheus "$PROMETHEUS_MODULE_VERSION" remove_all_sd,enable_kubernetes_sd \
     "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" ./cmd/prometheus
-fi
-if [[ ! -x "$BIN/kube-network-policies" ]]; then
-  log "building kube-network-policies $NETPOL_VERSION"
-  build_module sigs.k8s.io/kube-network-policies "$NETPOL_VERSION" "" "" ./cmd
-  mv "$BIN/cmd" "$BIN/kube-network-policies"
 fi
 echo "$BIN"

@@ -11,8 +11,10 @@
 #   bridge `llmserve0` (10.244.0.0/24, Debian's containernetworking-plugins); beside the cluster,
 #   prometheus-operator; in it, the Prometheus that prometheus-operator runs from its Prometheus
 #   resource (Prometheus 3.5 built with Kubernetes service discovery, and the config reloader),
-#   prometheus-adapter serving custom.metrics.k8s.io, the llmserve Helm chart (the operator), and
-#   kube-network-policies (kubernetes-sigs), which enforces NetworkPolicies with nftables.
+#   prometheus-adapter serving custom.metrics.k8s.io, and the llmserve Helm chart (the operator).
+#   Nothing enforces NetworkPolicies: kube-network-policies (kubernetes-sigs) needs the kernel's
+#   nft `queue` expression, which this machine's kernel is built without (CONFIG_NFT_QUEUE), and
+#   kube-router is served by the Go module proxy only at a release with reported security flaws.
 #   No CoreDNS: nothing here resolves Service names (the router finds replicas through
 #   EndpointSlices, the adapter is given Prometheus's ClusterIP), so pods use the host's resolv.conf.
 # Every image is written without a container engine (e2e/cluster/oci.py: binaries, the shared
@@ -145,8 +147,6 @@ clean_network() {
       done
     done
   done
-  # kube-network-policies' table (it runs on the host's network; its pod is gone by now).
-  command -v nft >/dev/null && nft delete table inet kube-network-policies 2>/dev/null
   # Rules the CNI bridge plugin adds for the pod range, should any be left.
   iptables-save -t nat 2>/dev/null | grep -- "-s $POD_CIDR" | grep '^-A POSTROUTING' | sed 's/^-A/-D/' \
     | while read -r rule; do eval "iptables -t nat $rule" 2>/dev/null; done
@@ -360,7 +360,6 @@ preflight() {
   command -v runc >/dev/null || need+=(runc)
   [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
   for t in conntrack iptables openssl curl; do command -v "$t" >/dev/null || need+=("$t"); done
-  command -v nft >/dev/null || need+=(nftables)
   ((${#need[@]} == 0)) || apt_install "${need[@]}"
   # The kubelet taints a node short of disk (disk-pressure) and then nothing schedules: say so now.
   local free_kb; free_kb="$(df -Pk "$(dirname "$D")" | awk 'NR==2 {print $4}')"
@@ -531,7 +530,6 @@ images() {
   image "llmserve.dev/prometheus:$TAG" "/bin/prometheus=$B/prometheus"
   image "llmserve.dev/prometheus-config-reloader:$TAG" "/bin/prometheus-config-reloader=$B/prometheus-config-reloader"
   image "llmserve.dev/prometheus-adapter:$TAG" "/adapter=$B/prometheus-adapter"
-  image "llmserve.dev/kube-network-policies:$TAG" "/bin/netpol=$B/kube-network-policies"
 }
 
 # The kubelet, and the node Ready with its default service account.
@@ -565,56 +563,6 @@ YAML
   "$K" wait --for=condition=Ready "node/$NODE" --timeout=90s >/dev/null || die "the node is not Ready: see $D/log/kubelet.log"
   wait_until 60 "the default service account" "$K" get serviceaccount default
   log "node $NODE Ready"
-}
-
-# kube-network-policies as its project deploys it: a privileged pod on the host's network that
-# queues the first packet of each connection to a pod some NetworkPolicy selects and drops what no
-# policy allows. Without NRI (containerd's plugin socket is off here) it learns pod IPs from the API.
-network_policies() {
-  "$K" apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: kube-network-policies, namespace: kube-system}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: kube-network-policies}
-rules:
-  - apiGroups: [""]
-    resources: [pods, namespaces]
-    verbs: [list, watch]
-  - apiGroups: [networking.k8s.io]
-    resources: [networkpolicies]
-    verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: kube-network-policies}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kube-network-policies}
-subjects: [{kind: ServiceAccount, name: kube-network-policies, namespace: kube-system}]
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: kube-network-policies, namespace: kube-system}
-spec:
-  selector: {matchLabels: {app: kube-network-policies}}
-  template:
-    metadata: {labels: {app: kube-network-policies}}
-    spec:
-      hostNetwork: true
-      serviceAccountName: kube-network-policies
-      tolerations: [{operator: Exists, effect: NoSchedule}]
-      containers:
-        - name: kube-network-policies
-          image: llmserve.dev/kube-network-policies:$TAG
-          imagePullPolicy: Never
-          command: [/bin/netpol, --hostname-override=$NODE, --disable-nri, --nfqueue-id=98, --v=2]
-          resources: {requests: {cpu: 50m, memory: 50Mi}}
-          securityContext: {privileged: true, capabilities: {add: [NET_ADMIN]}}
-YAML
-  "$K" -n kube-system rollout status daemonset/kube-network-policies --timeout=120s >/dev/null \
-    || die "kube-network-policies did not start: $("$K" -n kube-system logs ds/kube-network-policies --tail=5 2>&1)"
-  log "kube-network-policies enforces NetworkPolicies"
 }
 
 # prometheus-operator beside the cluster (it reads $KUBECONFIG), with its CRDs in it.
@@ -692,7 +640,6 @@ up() {
   step container_runtime
   step images
   step node
-  step network_policies
   step prometheus_operator
   step chart
   step prometheus

@@ -85,7 +85,7 @@ def pytest_terminal_summary(terminalreporter, config):
     )
     write(f"series scraped, by job: {s.get('series', {})}")
     if "isolation" in s:
-        write(f"NetworkPolicy (pod -> model port: HTTP status through it): {s['isolation']}")
+        write(f"NetworkPolicy (selectors against the live pods; not enforced here): {s['isolation']}")
     if "tenants" in s:
         write(f"requests by tenant: {s['tenants']}; a removed key refused after {s.get('key_removed_s')} s")
     write(f"alert rule groups loaded (rules): {s.get('rule_groups', {})}")

@@ -12,9 +12,9 @@ The phases: install (the chart is installed by cluster.sh; in a namespace that e
 Security `restricted`, apply Ray's documented example adapted to stories260k, example-app.yaml,
 with API keys and TLS at the router, and wait until Ready); serve (OpenAI requests through the
 router's Service over HTTPS with a key, streaming and not; keys refused, removed and rate-limited);
-isolation (the app's NetworkPolicy, enforced by kube-network-policies: a pod outside the app cannot
-reach a model pod, a pod with the router's labels can, and only Prometheus reaches the metrics
-port); scrape (Prometheus scrapes every pod through the
+isolation (the app's NetworkPolicy against the live pods: only the app's router reaches the models'
+API port, only Prometheus their metrics port; nothing enforces NetworkPolicies on this machine, so
+that is not tested); scrape (Prometheus scrapes every pod through the
 ServiceMonitors the operator made, and evaluates the alert rules); autoscale (load above
 targetOngoingRequests scales the HPA 1 -> 2, and back after the load ends); dashboards (every
 dashboard query runs against this Prometheus); engine metrics off (logEngineMetrics: false stops
@@ -47,8 +47,6 @@ IMAGE = "llmserve.dev/llmserve-server:e2e"
 # Tenants of the app's API keys: team-a sends the traffic, team-b is limited to 3 requests a
 # minute, team-c's key is removed from the Secret while the router runs.
 TENANTS = ("team-a", "team-b", "team-c")
-RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
-LOCKED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 INSTANCE = f"app.kubernetes.io/instance={APP}"
 OWNED_KINDS = [
     "deployments.apps",
@@ -290,7 +288,7 @@ def test_serve(app):
         30,
         every=0.5,
     )
-    summary["key_removed_s"] = round(time.time() - t_removed, 1)
+    summary["key_removed_s"] = round(time.time() - t_removed, 2)
     log(
         f"router answers over HTTPS with a key: llama2.c's greedy text {plain[:40]!r}... through the OpenAI client, "
         f"the same over {events} SSE events; 404, 400, 401 and 429 in OpenAI's envelope; a removed key refused after "
@@ -299,68 +297,54 @@ def test_serve(app):
     summary["requests"] = 10
 
 
-def outsider(c, name, labels, target):
-    """A pod outside the app's control: a router of our image with one static backend, `target`
-    (`IP:PORT`), so a request to it from this host tells whether it reaches that address. Returns
-    its URL once it answers."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {
-            "automountServiceAccountToken": False,
-            "securityContext": RESTRICTED,
-            "containers": [
-                {
-                    "name": "router",
-                    "image": IMAGE,
-                    "command": ["llmserve-router"],
-                    "args": ["--host", "0.0.0.0", "--port", "8000", "--backend", f"{MODEL}=http://{target}"]
-                    + ["--health-check-interval-seconds", "0", "--connect-timeout-seconds", "3"]
-                    + ["--outlier-consecutive-failures", "0", "--log-format", "text"],
-                    "securityContext": LOCKED,
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                }
-            ],
-            "volumes": [{"name": "tmp", "emptyDir": {}}],
-        },
-    }
-    c.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
-    c.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "-n", NS, "--timeout=60s")
-    url = f"http://{c.get('pod', name, '-n', NS)['status']['podIP']}:8000"
-    eventually(f"{name} to answer", lambda: get(url + "/health")[0] == 200, 30)
-    return url
+def selects(selector, labels):
+    """Whether a NetworkPolicy label selector (`matchLabels` only, which is all the operator
+    writes; an empty one selects everything) selects an object with `labels`."""
+    assert not selector.get("matchExpressions"), selector
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
 
 
 def test_isolation(app):
-    """The app's NetworkPolicy, enforced: the models' API port takes the app's router pods only (a
-    pod that differs from them only in its labels is refused, one with their labels is let in),
-    and their metrics port takes Prometheus only."""
+    """The app's NetworkPolicy, as the API server stored it, against the live pods: it selects the
+    app's model pods and nothing else in the namespace, lets the app's router pods (only) to the API
+    port, and the Prometheus that prometheus-operator runs here (only) to the metrics port, whose
+    scrapes test_scrape then proves. Nothing here enforces NetworkPolicies (see cluster.sh), so the
+    packets themselves are not tested."""
     c, summary = app.c, app.summary
     policy = c.get("networkpolicy", f"{APP}-models", "-n", NS)
     assert policy["metadata"]["ownerReferences"][0]["name"] == APP
-    model = next(p for p in model_pods(c) if ready(p))["status"]["podIP"]
-    router_labels = {"app.kubernetes.io/instance": APP, "app.kubernetes.io/component": "router"}
-    cases = [
-        ("outsider-api", {"app.kubernetes.io/name": "outsider"}, f"{model}:8000"),
-        ("routerlike-api", router_labels, f"{model}:8000"),
-        ("routerlike-metrics", router_labels, f"{model}:9090"),
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    pods = {p["metadata"]["name"]: p["metadata"].get("labels", {}) for p in c.get("pods", "-n", NS)["items"]}
+    models = {p["metadata"]["name"] for p in model_pods(c)}
+    routers = {n for n, lb in pods.items() if lb.get("app.kubernetes.io/component") == "router"}
+    assert models and routers, pods
+    assert {n for n, lb in pods.items() if selects(spec["podSelector"], lb)} == models, "the policy selects the models"
+    api, metrics = spec["ingress"]
+    assert [p["port"] for p in api["ports"]] == ["http"] and [p["port"] for p in metrics["ports"]] == ["metrics"]
+    (peer,) = api["from"]
+    assert "namespaceSelector" not in peer, "the router's pods of this namespace"
+    assert {n for n, lb in pods.items() if selects(peer["podSelector"], lb)} == routers
+    # The metrics peer: pods matching its pod selector in namespaces matching its namespace selector.
+    (peer,) = metrics["from"]
+    namespaces = {n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in c.get("namespaces")["items"]}
+    admitted = [
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+        for p in c.get("pods", "-A")["items"]
+        if selects(peer["namespaceSelector"], namespaces[p["metadata"]["namespace"]])
+        and selects(peer["podSelector"], p["metadata"].get("labels", {}))
     ]
-    seen = {}
-    try:
-        for name, labels, target in cases:
-            url = outsider(c, name, labels, target)
-            status, body = post_json(url + "/v1/completions", {**PROMPT, "max_tokens": 2}, timeout=60)
-            seen[name] = status
-            log(f"{name} -> {target}: {status} {body[:160]}")
-    finally:
-        c.kubectl("delete", "pod", *[n for n, _, _ in cases], "-n", NS, "--ignore-not-found", "--wait=true")
-    summary["isolation"] = seen
-    # Refused connections come back as the router's 5xx; the metrics port, had it been reached,
-    # would have answered 404 (it serves /metrics and /health only).
-    assert seen["routerlike-api"] == 200, f"a pod with the router's labels reaches the model's API: {seen}"
-    assert seen["outsider-api"] >= 500, f"a pod outside the app is kept from the model's API: {seen}"
-    assert seen["routerlike-metrics"] >= 500, f"only Prometheus reaches the metrics port: {seen}"
+    assert admitted == ["monitoring/prometheus-e2e-0"], f"only Prometheus reaches the metrics port: {admitted}"
+    # The model pods' metrics port serves nothing else (what the policy opens to Prometheus).
+    ip = c.get("pod", sorted(models)[0], "-n", NS)["status"]["podIP"]
+    assert get(f"http://{ip}:9090/metrics")[0] == 200
+    status, body = post_json(f"http://{ip}:9090/v1/completions", {**PROMPT, "max_tokens": 2})
+    assert status == 404, f"the metrics port serves the API: {status} {body}"
+    summary["isolation"] = {"models": sorted(models), "api_from": sorted(routers), "metrics_from": admitted}
+    log(
+        f"NetworkPolicy {APP}-models: models {sorted(models)} take the API from {sorted(routers)}, "
+        f"metrics from {admitted}"
+    )
 
 
 def test_scrape(app):
