@@ -6,6 +6,10 @@
 //! prompt starts with registered blocks takes them (reference-counted) instead of recomputing
 //! them. Released blocks keep their registration while they sit in the free list, oldest freed
 //! first out, so the most recently used prefixes survive longest.
+//!
+//! A sequence forked from another (the n samples of one prompt) shares its blocks, reference
+//! counted; a block held by more than one sequence is never written: the first write into it
+//! copies it (copy on write, vLLM v0's `blocks_to_copy`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -43,6 +47,15 @@ pub struct BlockManager {
     blocks: Vec<Block>,
     prefix_caching: bool,
     by_hash: HashMap<u64, u32>,
+}
+
+/// A block's slots to copy into another before a step runs (copy on write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    /// The shared block.
+    pub src: u32,
+    /// The fresh block that replaces it in the writing sequence's table.
+    pub dst: u32,
 }
 
 /// The hash every chain starts from.
@@ -142,6 +155,56 @@ impl BlockManager {
             table.push(b);
         }
         Ok(())
+    }
+
+    /// Ensures `table` holds `tokens` tokens and that the block of position `from` (the first to be
+    /// written) is this table's alone: a shared one is replaced by a fresh block, and the copy its
+    /// slots need is returned. All or nothing.
+    pub fn make_writable(&mut self, table: &mut Vec<u32>, from: usize, tokens: usize) -> Result<Option<BlockCopy>> {
+        let at = from / self.block_size;
+        let shared = table.get(at).and_then(|&b| self.blocks.get(b as usize)).is_some_and(|b| b.refs > 1);
+        let needed = self.blocks_for(tokens).saturating_sub(table.len()) + usize::from(shared);
+        if needed > self.free_count {
+            return Err(Error::CacheFull { needed, free: self.free_count });
+        }
+        let mut copy = None;
+        if shared {
+            let dst = self.take_free().ok_or(Error::CacheFull { needed, free: self.free_count })?;
+            if let Some(slot) = table.get_mut(at) {
+                let src = std::mem::replace(slot, dst);
+                if let Some(block) = self.blocks.get_mut(src as usize) {
+                    block.refs -= 1; // it was shared, so another table still holds it
+                }
+                copy = Some(BlockCopy { src, dst });
+            }
+        }
+        if let Err(e) = self.grow(table, tokens) {
+            // Not reached: the blocks were counted above. Undo the copy to stay all or nothing.
+            if let (Some(c), Some(slot)) = (copy, table.get_mut(at)) {
+                *slot = c.src;
+                if let Some(block) = self.blocks.get_mut(c.src as usize) {
+                    block.refs += 1;
+                }
+                self.release(&mut vec![c.dst]);
+            }
+            return Err(e);
+        }
+        Ok(copy)
+    }
+
+    /// A second table over the same blocks (a forked sequence); each block's count goes up.
+    pub fn fork(&mut self, table: &[u32]) -> Vec<u32> {
+        for &b in table {
+            if let Some(block) = self.blocks.get_mut(b as usize) {
+                block.refs += 1;
+            }
+        }
+        table.to_vec()
+    }
+
+    /// How many tables hold block `b`.
+    pub fn holders(&self, b: u32) -> u32 {
+        self.blocks.get(b as usize).map_or(0, |block| block.refs)
     }
 
     /// Returns a sequence's blocks; registered ones stay findable until they are reused.
@@ -299,6 +362,40 @@ mod tests {
         }
         assert_eq!(bm.take_prefix(&tokens, 6), a[..3], "three whole blocks, chained");
         assert_eq!(bm.take_prefix(&[1, 2, 9, 4, 5, 6], 6), a[..1], "a different second block breaks the chain");
+    }
+
+    #[test]
+    fn forked_tables_share_blocks_and_copy_the_one_they_write() {
+        let mut bm = BlockManager::new(8, 4);
+        let mut parent = Vec::new();
+        bm.grow(&mut parent, 6).unwrap(); // a 6-token prompt: one whole block and a partial one
+        let mut children: Vec<Vec<u32>> = (0..3).map(|_| bm.fork(&parent)).collect();
+        assert_eq!(bm.free_blocks(), 6, "four tables, two blocks");
+        assert_eq!(bm.holders(parent[1]), 4);
+        // Each writes position 6, in the shared partial block: all but the last holder copy it.
+        let mut copies = Vec::new();
+        for t in std::iter::once(&mut parent).chain(children.iter_mut()) {
+            copies.push(bm.make_writable(t, 6, 7).unwrap());
+        }
+        let shared = children[2][1];
+        assert_eq!(copies.iter().flatten().map(|c| c.src).collect::<Vec<_>>(), vec![shared; 3]);
+        assert_eq!(copies[3], None, "the last holder writes in place");
+        assert_eq!(bm.holders(shared), 1);
+        assert_eq!(bm.holders(parent[0]), 4, "the whole block stays shared");
+        assert_eq!(bm.free_blocks(), 3);
+        // Growing into a new block copies nothing.
+        assert_eq!(bm.make_writable(&mut parent, 8, 9).unwrap(), None);
+        // Out of blocks: a copy that cannot be made changes nothing.
+        let mut a = bm.fork(&children[0]);
+        let mut filler = Vec::new();
+        bm.grow(&mut filler, 8).unwrap();
+        let before = a.clone();
+        assert!(matches!(bm.make_writable(&mut a, 6, 7), Err(Error::CacheFull { needed: 1, free: 0 })));
+        assert_eq!(a, before);
+        for mut t in [parent, a, filler].into_iter().chain(children) {
+            bm.release(&mut t);
+        }
+        assert_eq!(bm.free_blocks(), 8, "every reference returned");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! queued or running. Requests come in through [`EngineHandle::submit`] and stream their tokens
 //! back; dropping a [`RequestStream`] (a client that went away) aborts the sequence and frees its
 //! blocks at the next step.
+//!
+//! A request for n samples runs as one sequence until its prompt is computed; the step that
+//! yields the prompt's last logits forks it into n sequences over the same KV blocks
+//! ([`Scheduler::fork`]), each sampling its first token from those logits with its own seed. The
+//! prompt is prefilled once, whatever n.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,6 +60,9 @@ pub struct EngineRequest {
     pub stop_token_ids: Vec<u32>,
     /// Keep going past EOS.
     pub ignore_eos: bool,
+    /// Samples of the prompt to generate (OpenAI's `n`), each streamed with its index; sample `i`
+    /// draws with seed `sampling.seed + i`.
+    pub n: usize,
     /// When the request arrived (for queue time and TTFT).
     pub arrival: Instant,
 }
@@ -64,6 +72,8 @@ pub struct EngineRequest {
 pub enum Event {
     /// New text (possibly empty while a multi-byte character is incomplete) for one new token.
     Token {
+        /// Which of the request's samples (0..n).
+        index: usize,
         /// The token id.
         id: u32,
         /// Text it completes.
@@ -73,6 +83,8 @@ pub enum Event {
     },
     /// The last event.
     Finished {
+        /// Which of the request's samples (0..n); a request ends after all n finished.
+        index: usize,
         /// Why it ended.
         reason: FinishReason,
         /// Prompt tokens.
@@ -98,8 +110,10 @@ pub struct EngineConfig {
 }
 
 enum Command {
+    /// A request; its samples have the keys `key .. key + n`.
     Submit(u64, Box<EngineRequest>, tmpsc::UnboundedSender<Event>),
-    Abort(u64),
+    /// Aborts the samples `key .. key + n`.
+    Abort(u64, usize),
 }
 
 /// State shared between the engine thread and its handles.
@@ -116,6 +130,7 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     max_waiting: usize,
+    max_num_seqs: usize,
 }
 
 /// Refusal of a submission.
@@ -127,49 +142,84 @@ pub enum SubmitError {
     /// The engine thread has stopped.
     #[error("the engine has stopped")]
     Stopped,
+    /// `n` is 0 or more than the sequences that may run at once.
+    #[error("n must be between 1 and {max}")]
+    TooManySamples {
+        /// The largest `n` this engine runs (`max_num_seqs`).
+        max: usize,
+    },
 }
 
 /// A submitted request's events; dropping it aborts the request.
 pub struct RequestStream {
     rx: tmpsc::UnboundedReceiver<Event>,
     key: u64,
+    n: usize,
     tx: mpsc::Sender<Command>,
-    done: bool,
+    /// Samples finished so far.
+    finished: usize,
+    /// The engine dropped the channel (it stopped).
+    closed: bool,
 }
 
 impl RequestStream {
-    /// The next event; `None` once finished.
+    /// The next event of any sample; `None` once all have finished (or the engine stopped).
     pub async fn next(&mut self) -> Option<Event> {
+        if self.finished == self.n || self.closed {
+            return None;
+        }
         let ev = self.rx.recv().await;
-        if matches!(ev, Some(Event::Finished { .. }) | None) {
-            self.done = true;
+        match ev {
+            Some(Event::Finished { .. }) => self.finished += 1,
+            None => self.closed = true,
+            Some(Event::Token { .. }) => {}
         }
         ev
+    }
+
+    /// Samples the request asked for.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Whether every sample has finished (rather than the engine stopping first).
+    pub fn finished(&self) -> bool {
+        self.finished == self.n
     }
 }
 
 impl Drop for RequestStream {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.tx.send(Command::Abort(self.key));
+        if self.finished < self.n && !self.closed {
+            let _ = self.tx.send(Command::Abort(self.key, self.n));
         }
     }
 }
 
 impl EngineHandle {
-    /// Queues a request; refuses it when `max_waiting` requests already wait.
+    /// Queues a request; refuses it when `max_waiting` requests already wait, and an `n` the
+    /// scheduler could never seat (its n samples run at once).
     pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, SubmitError> {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return Err(SubmitError::Stopped);
         }
+        let n = req.n;
+        if n == 0 || n > self.max_num_seqs {
+            return Err(SubmitError::TooManySamples { max: self.max_num_seqs });
+        }
         if self.shared.waiting.load(Ordering::Relaxed) >= self.max_waiting {
             return Err(SubmitError::QueueFull);
         }
-        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed) as u64;
+        let key = self.shared.next_key.fetch_add(n, Ordering::Relaxed) as u64;
         let (etx, erx) = tmpsc::unbounded_channel();
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         self.tx.send(Command::Submit(key, Box::new(req), etx)).map_err(|_| SubmitError::Stopped)?;
-        Ok(RequestStream { rx: erx, key, tx: self.tx.clone(), done: false })
+        Ok(RequestStream { rx: erx, key, n, tx: self.tx.clone(), finished: 0, closed: false })
+    }
+
+    /// The largest `n` a request may ask for.
+    pub fn max_samples(&self) -> usize {
+        self.max_num_seqs
     }
 
     /// Whether the engine thread is alive.
@@ -187,6 +237,10 @@ impl EngineHandle {
 
 struct Seq {
     req: EngineRequest,
+    /// Which sample of its request; request-level metrics are recorded by sample 0 alone.
+    index: usize,
+    /// Samples still to fork from this one when its prompt is computed.
+    forks: usize,
     tokens: Vec<u32>,
     sampler: Sampler,
     detok: IncrementalDecoder,
@@ -213,7 +267,12 @@ pub fn spawn(
 ) -> Result<EngineHandle> {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared::default());
-    let handle = EngineHandle { tx, shared: shared.clone(), max_waiting: cfg.max_waiting };
+    let handle = EngineHandle {
+        tx,
+        shared: shared.clone(),
+        max_waiting: cfg.max_waiting,
+        max_num_seqs: cfg.scheduler.max_num_seqs,
+    };
     std::thread::Builder::new()
         .name("llmserve-engine".into())
         .spawn(move || {
@@ -315,9 +374,12 @@ impl Core {
                 let detok = IncrementalDecoder::new(&req.prompt);
                 if let Some(m) = &self.metrics {
                     m.max_tokens.observe(req.max_tokens as f64);
-                    m.n.observe(1.0);
+                    m.n.observe(req.n as f64);
                 }
+                let forks = req.n.saturating_sub(1);
                 let seq = Seq {
+                    index: 0,
+                    forks,
                     tokens: req.prompt.clone(),
                     sampler: Sampler::new(req.sampling.clone()),
                     detok,
@@ -328,12 +390,14 @@ impl Core {
                     last_token_at: None,
                     req,
                 };
-                self.sched.add(key, seq.tokens.clone());
+                self.sched.add_forking(key, seq.tokens.clone(), forks);
                 self.seqs.insert(key, seq);
             }
-            Command::Abort(key) => {
-                if self.seqs.contains_key(&key) {
-                    self.finish(key, FinishReason::Abort, None);
+            Command::Abort(key, n) => {
+                for key in key..key + n as u64 {
+                    if self.seqs.contains_key(&key) {
+                        self.finish(key, FinishReason::Abort, None);
+                    }
                 }
             }
         }
@@ -345,6 +409,7 @@ impl Core {
             let msg = "the sequence needs more KV-cache blocks than the engine has".to_string();
             self.seqs.get(&key).map(|s| {
                 s.tx.send(Event::Finished {
+                    index: s.index,
                     reason: FinishReason::Abort,
                     prompt_tokens: s.req.prompt.len(),
                     completion_tokens: 0,
@@ -388,6 +453,8 @@ impl Core {
                 }
             })
             .collect::<Result<_>>()?;
+        let copies: Vec<_> = plan.copies.iter().map(|(_, c)| *c).collect();
+        self.cache.copy_blocks(&copies)?;
         let logits = self.model.forward(&steps, &self.cache)?.to_vec2::<f32>()?;
         drop(steps);
         let total: usize = plan.scheduled.iter().map(|s| s.len).sum();
@@ -396,58 +463,101 @@ impl Core {
             m.batch_size.set(plan.scheduled.len() as f64);
         }
         let done_at = Instant::now();
-        for (s, mut row) in plan.scheduled.iter().zip(logits) {
+        for (s, row) in plan.scheduled.iter().zip(logits) {
             let computed = s.start + s.len;
             self.sched.computed(s.key, computed, &mut self.cache.blocks);
-            let Some(seq) = self.seqs.get_mut(&s.key) else { continue };
+            let Some(seq) = self.seqs.get(&s.key) else { continue };
             if computed < seq.tokens.len() {
                 continue; // a prefill chunk; no token yet
             }
-            let (next, logprobs) =
-                seq.sampler.sample_with_logprobs(&mut row, seq.tokens.get(seq.req.prompt.len()..).unwrap_or_default());
-            seq.tokens.push(next);
-            self.sched.append_token(s.key, next);
-            if let Some(m) = &self.metrics {
-                m.generation_tokens.inc();
-                match seq.last_token_at {
-                    None => {
-                        // Counted once per request, when its prefill is done: neither prefix-cache
-                        // hits nor recomputation after preemption change what the client sent.
-                        m.prompt_tokens.inc_by(seq.req.prompt.len() as u64);
-                        m.ttft.observe((done_at - seq.req.arrival).as_secs_f64())
-                    }
-                    Some(t) => m.itl.observe((done_at - t).as_secs_f64()),
-                }
+            for child in self.fork(s.key) {
+                self.advance(child, row.clone(), done_at)?;
             }
-            seq.first_token_at.get_or_insert(done_at);
-            seq.last_token_at = Some(done_at);
-            let is_eos = !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&next);
-            let is_stop_id = seq.req.stop_token_ids.contains(&next);
-            let mut finish = None;
-            let text = if is_eos || is_stop_id {
-                finish = Some(FinishReason::Stop);
-                seq.stops.flush() // text held for a stop string that never came
-            } else {
-                let piece = seq.detok.push(&self.tokenizer, next)?.unwrap_or_default();
-                // A stop string ends the output where it begins; it may span pieces.
-                let released = seq.stops.push(&piece);
-                let mut text = released.text;
-                if released.stopped {
-                    finish = Some(FinishReason::Stop);
-                } else if seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len {
-                    finish = Some(FinishReason::Length);
-                    text.push_str(&seq.stops.flush());
-                }
-                text
+            self.advance(s.key, row, done_at)?;
+        }
+        Ok(())
+    }
+
+    /// Forks the samples still owed by `key`, whose prompt is now computed: each starts over the
+    /// same blocks and the same prompt, with the seed of its index. Returns their keys.
+    fn fork(&mut self, key: u64) -> Vec<u64> {
+        let Some(parent) = self.seqs.get_mut(&key) else { return Vec::new() };
+        let forks = std::mem::take(&mut parent.forks);
+        let mut children = Vec::with_capacity(forks);
+        for index in 1..=forks {
+            let Some(parent) = self.seqs.get(&key) else { break };
+            let mut req = parent.req.clone();
+            req.sampling.seed = req.sampling.seed.wrapping_add(index as u64);
+            let child = Seq {
+                index,
+                forks: 0,
+                tokens: parent.tokens.clone(),
+                sampler: Sampler::new(req.sampling.clone()),
+                detok: parent.detok.clone(),
+                stops: StopMatcher::new(&req.stop),
+                tx: parent.tx.clone(),
+                scheduled_at: parent.scheduled_at,
+                first_token_at: None,
+                last_token_at: None,
+                req,
             };
-            // EOS and stop ids are not output: they send only text still held back, if any.
-            let silent = (is_eos || is_stop_id) && text.is_empty();
-            if !silent && seq.tx.send(Event::Token { id: next, text, logprobs }).is_err() {
-                finish = Some(FinishReason::Abort); // the client went away
+            let child_key = key + index as u64;
+            self.sched.fork(key, child_key, &mut self.cache.blocks);
+            self.seqs.insert(child_key, child);
+            children.push(child_key);
+        }
+        children
+    }
+
+    /// Samples `key`'s next token from `row`, the logits of its last token, and streams it;
+    /// finishes the sequence on a stop or its length limit.
+    fn advance(&mut self, key: u64, mut row: Vec<f32>, done_at: Instant) -> Result<()> {
+        let Some(seq) = self.seqs.get_mut(&key) else { return Ok(()) };
+        let (next, logprobs) =
+            seq.sampler.sample_with_logprobs(&mut row, seq.tokens.get(seq.req.prompt.len()..).unwrap_or_default());
+        seq.tokens.push(next);
+        self.sched.append_token(key, next);
+        if let Some(m) = &self.metrics {
+            m.generation_tokens.inc();
+            match seq.last_token_at {
+                // Counted once per request, when its prefill is done: neither prefix-cache hits,
+                // recomputation after preemption, nor the n samples change what the client sent.
+                None if seq.index == 0 => {
+                    m.prompt_tokens.inc_by(seq.req.prompt.len() as u64);
+                    m.ttft.observe((done_at - seq.req.arrival).as_secs_f64())
+                }
+                None => {}
+                Some(t) => m.itl.observe((done_at - t).as_secs_f64()),
             }
-            if let Some(reason) = finish {
-                self.finish(s.key, reason, None);
+        }
+        seq.first_token_at.get_or_insert(done_at);
+        seq.last_token_at = Some(done_at);
+        let is_eos = !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&next);
+        let is_stop_id = seq.req.stop_token_ids.contains(&next);
+        let mut finish = None;
+        let text = if is_eos || is_stop_id {
+            finish = Some(FinishReason::Stop);
+            seq.stops.flush() // text held for a stop string that never came
+        } else {
+            let piece = seq.detok.push(&self.tokenizer, next)?.unwrap_or_default();
+            // A stop string ends the output where it begins; it may span pieces.
+            let released = seq.stops.push(&piece);
+            let mut text = released.text;
+            if released.stopped {
+                finish = Some(FinishReason::Stop);
+            } else if seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len {
+                finish = Some(FinishReason::Length);
+                text.push_str(&seq.stops.flush());
             }
+            text
+        };
+        // EOS and stop ids are not output: they send only text still held back, if any.
+        let silent = (is_eos || is_stop_id) && text.is_empty();
+        if !silent && seq.tx.send(Event::Token { index: seq.index, id: next, text, logprobs }).is_err() {
+            finish = Some(FinishReason::Abort); // the client went away
+        }
+        if let Some(reason) = finish {
+            self.finish(key, reason, None);
         }
         Ok(())
     }
@@ -461,12 +571,17 @@ impl Core {
             let now = Instant::now();
             m.success.with_label_values(&[reason.as_str()]).inc();
             m.e2e.observe((now - seq.req.arrival).as_secs_f64());
-            m.prompt_len.observe(seq.req.prompt.len() as f64);
             m.generation_len.observe(completion as f64);
+            // What the prompt cost is the request's, once; what each sample generated is its own.
+            if seq.index == 0 {
+                m.prompt_len.observe(seq.req.prompt.len() as f64);
+            }
             if let Some(sched) = seq.scheduled_at {
                 m.inference.observe((now - sched).as_secs_f64());
                 if let Some(first) = seq.first_token_at {
-                    m.prefill.observe((first - sched).as_secs_f64());
+                    if seq.index == 0 {
+                        m.prefill.observe((first - sched).as_secs_f64());
+                    }
                     m.decode.observe((now - first).as_secs_f64());
                 }
             }
@@ -479,6 +594,7 @@ impl Core {
         // The sequence's blocks are free and it no longer runs: the gauges say so before the answer.
         self.publish_gauges();
         let _ = seq.tx.send(Event::Finished {
+            index: seq.index,
             reason,
             prompt_tokens: seq.req.prompt.len(),
             completion_tokens: completion,

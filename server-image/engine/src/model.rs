@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::blocks::BlockManager;
+use crate::blocks::{BlockCopy, BlockManager};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -68,6 +68,20 @@ impl KvCache {
     /// Bytes one block takes over all layers (keys and values).
     pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: DType) -> usize {
         2 * cfg.num_hidden_layers * block_size * cfg.kv_heads() * cfg.head_dim() * dtype.size_in_bytes()
+    }
+
+    /// Copies each block's keys and values, every layer, into another block (copy on write of a
+    /// block that forked sequences shared).
+    pub fn copy_blocks(&self, copies: &[BlockCopy]) -> Result<()> {
+        let bs = self.blocks.block_size();
+        for c in copies {
+            for t in self.k.iter().chain(&self.v) {
+                // A copy of its own: `slice_set` refuses a source that shares the target's storage.
+                let src = t.narrow(0, c.src as usize * bs, bs)?.copy()?;
+                t.slice_set(&src, 0, c.dst as usize * bs)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,11 +6,14 @@
 //! sequence, the most recently admitted running sequence is preempted: its blocks are freed and it
 //! goes back to the front of the queue, to be recomputed later (vLLM's recompute preemption).
 //! With prefix caching, a sequence admitted from the queue starts after the whole blocks of its
-//! tokens that the cache already holds. Pure bookkeeping over [`BlockManager`]; no tensors.
+//! tokens that the cache already holds. A request for n samples is admitted as one sequence that
+//! holds n seats of `max_num_seqs`; once its prompt is computed it is forked into n sequences over
+//! the same blocks ([`Scheduler::fork`]), so the prompt is prefilled once. Pure bookkeeping over
+//! [`BlockManager`]; no tensors.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::blocks::BlockManager;
+use crate::blocks::{BlockCopy, BlockManager};
 
 /// Limits of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub struct SeqState {
     pub computed: usize,
     /// The sequence's cache blocks.
     pub block_table: Vec<u32>,
+    /// Sequences still to be forked from this one; each holds a seat from admission on.
+    pub forks: usize,
 }
 
 /// One sequence's share of a step: run its tokens `start .. start + len`.
@@ -52,6 +57,8 @@ pub struct StepPlan {
     pub preempted: Vec<u64>,
     /// Sequences longer than the whole cache: removed; the caller fails them.
     pub too_large: Vec<u64>,
+    /// Blocks to copy before the step runs: a scheduled sequence writes into a block it shared.
+    pub copies: Vec<(u64, BlockCopy)>,
     /// Tokens of the sequences admitted from the queue in this step (`vllm:prefix_cache_queries`).
     pub prefix_queried: usize,
     /// Of those, tokens found in the prefix cache (`vllm:prefix_cache_hits`).
@@ -75,8 +82,33 @@ impl Scheduler {
 
     /// Queues a new sequence with its prompt.
     pub fn add(&mut self, key: u64, prompt: Vec<u32>) {
-        self.seqs.insert(key, SeqState { tokens: prompt, ..Default::default() });
+        self.add_forking(key, prompt, 0);
+    }
+
+    /// Queues a new sequence that will be forked `forks` times once its prompt is computed.
+    pub fn add_forking(&mut self, key: u64, prompt: Vec<u32>, forks: usize) {
+        self.seqs.insert(key, SeqState { tokens: prompt, forks, ..Default::default() });
         self.waiting.push_back(key);
+    }
+
+    /// Starts `child` as a running copy of `parent` sharing all its blocks; it takes one of the
+    /// seats `parent` held. Call it between steps, before either grows.
+    pub fn fork(&mut self, parent: u64, child: u64, blocks: &mut BlockManager) {
+        let Some(p) = self.seqs.get_mut(&parent) else { return };
+        p.forks = p.forks.saturating_sub(1);
+        let state = SeqState {
+            tokens: p.tokens.clone(),
+            computed: p.computed,
+            block_table: blocks.fork(&p.block_table),
+            forks: 0,
+        };
+        self.seqs.insert(child, state);
+        self.running.push(child);
+    }
+
+    /// Seats of `max_num_seqs` the running sequences hold (their forks to come included).
+    fn seats(&self) -> usize {
+        self.running.iter().map(|k| 1 + self.seqs.get(k).map_or(0, |s| s.forks)).sum()
     }
 
     /// Records that `key` grew by one generated token.
@@ -142,7 +174,8 @@ impl Scheduler {
                     i += 1;
                     break;
                 };
-                if blocks.grow(&mut s.block_table, need).is_ok() {
+                if let Ok(copy) = blocks.make_writable(&mut s.block_table, s.computed, need) {
+                    plan.copies.extend(copy.map(|c| (key, c)));
                     plan.scheduled.push(Scheduled { key, start: s.computed, len });
                     budget -= len;
                     i += 1;
@@ -154,6 +187,7 @@ impl Scheduler {
                 self.preempt(victim, blocks);
                 plan.preempted.push(victim);
                 plan.scheduled.retain(|s| s.key != victim);
+                plan.copies.retain(|(k, _)| *k != victim);
                 if victim == key {
                     break;
                 }
@@ -161,14 +195,15 @@ impl Scheduler {
         }
 
         // === waiting sequences, in arrival order ===
+        let mut seats = self.seats();
         while let Some(&key) = self.waiting.front() {
-            if budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
-                break;
-            }
             let Some(s) = self.seqs.get_mut(&key) else {
                 self.waiting.pop_front();
                 continue;
             };
+            if budget == 0 || seats + 1 + s.forks > self.cfg.max_num_seqs {
+                break;
+            }
             if blocks.blocks_for(s.tokens.len()) > blocks.num_blocks() {
                 self.waiting.pop_front();
                 self.seqs.remove(&key);
@@ -188,6 +223,8 @@ impl Scheduler {
                 s.computed = cached;
             }
             let len = (s.tokens.len() - s.computed).min(budget);
+            // It writes after its prefix hits (whole blocks), and a preempted fork released what it
+            // shared: no block to copy.
             if blocks.grow(&mut s.block_table, s.computed + len).is_err() {
                 if table_before == 0 {
                     blocks.release(&mut s.block_table);
@@ -199,6 +236,7 @@ impl Scheduler {
                 plan.prefix_queried += s.tokens.len();
                 plan.prefix_hits += cached;
             }
+            seats += 1 + s.forks;
             self.waiting.pop_front();
             self.running.push(key);
             plan.scheduled.push(Scheduled { key, start: s.computed, len });
@@ -313,6 +351,43 @@ mod tests {
         s.add(3, prompt(8));
         let p = s.schedule(&mut bm);
         assert_eq!(p.scheduled.last(), Some(&Scheduled { key: 3, start: 4, len: 4 }));
+    }
+
+    #[test]
+    fn a_forking_sequence_holds_its_seats_and_its_forks_share_the_prompt() {
+        let mut bm = BlockManager::new(16, 4);
+        let mut s = sched(4, 64);
+        s.add_forking(1, prompt(6), 2);
+        s.add(2, prompt(3));
+        s.add(3, prompt(3));
+        let p = s.schedule(&mut bm);
+        // Three seats for 1 and its forks, one for 2; 3 waits.
+        assert_eq!(p.scheduled, vec![Scheduled { key: 1, start: 0, len: 6 }, Scheduled { key: 2, start: 0, len: 3 }]);
+        assert_eq!(s.num_waiting(), 1);
+        for p in &p.scheduled {
+            s.computed(p.key, p.start + p.len, &mut bm);
+        }
+        s.fork(1, 10, &mut bm);
+        s.fork(1, 11, &mut bm);
+        assert_eq!(s.state(1).unwrap().forks, 0);
+        assert_eq!(s.state(10).unwrap().block_table, s.state(1).unwrap().block_table);
+        assert_eq!(bm.free_blocks(), 16 - 2 - 1, "the prompt's two blocks are held once");
+        for k in [1, 10, 11, 2] {
+            s.append_token(k, 7);
+        }
+        let p = s.schedule(&mut bm);
+        let at6 = |key| Scheduled { key, start: 6, len: 1 };
+        assert_eq!(p.scheduled, vec![at6(1), Scheduled { key: 2, start: 3, len: 1 }, at6(10), at6(11)]);
+        assert_eq!(s.num_waiting(), 1, "the forks took the seats held for them");
+        // Position 6 lies in the shared partial block: 1 and 10 copy it, 11 writes it in place.
+        let shared = s.state(11).unwrap().block_table[1];
+        assert_eq!(p.copies.iter().map(|(k, c)| (*k, c.src)).collect::<Vec<_>>(), vec![(1, shared), (10, shared)]);
+        assert_eq!(s.state(1).unwrap().block_table[0], s.state(11).unwrap().block_table[0], "whole block shared");
+        assert_ne!(s.state(1).unwrap().block_table[1], shared);
+        for k in [1, 10, 11, 2, 3] {
+            s.remove(k, &mut bm);
+        }
+        assert_eq!(bm.free_blocks(), 16);
     }
 
     #[test]

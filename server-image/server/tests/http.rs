@@ -1,74 +1,22 @@
 //! Every route and error case of `llmserve-server`, through `app(state)` with the real
 //! stories260k model loaded (no socket: `oneshot`).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use http_body_util::BodyExt;
 use llmserve_server::api::app;
 use llmserve_server::args::Args;
 use llmserve_server::serve;
-use llmserve_server::state::AppState;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn model_dir() -> PathBuf {
-    llmserve_test_support::stories260k()
-}
-
-fn args(extra: &[&str]) -> Args {
-    let dir = model_dir();
-    let mut v = vec!["llmserve-server", "--model", dir.to_str().unwrap()];
-    v.extend_from_slice(extra);
-    Args::parse_from(v)
-}
-
-fn loaded(extra: &[&str]) -> (AppState, Router) {
-    let a = args(extra);
-    let state = serve::state(&a).unwrap();
-    serve::load(&a, &state).unwrap();
-    (state.clone(), app(state))
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
-    let req = match body {
-        Some(b) => req.body(Body::from(b.to_string())).unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    (status, headers, bytes)
-}
-
-async fn json_call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let (s, _, b) = call(app, method, uri, body).await;
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-fn reference(name: &str) -> String {
-    std::fs::read_to_string(model_dir().join("reference").join(name)).unwrap()
-}
-
-/// The value of the first sample line starting with `prefix` (name and labels).
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-async fn metrics_text(app: &Router) -> String {
-    String::from_utf8(call(app, "GET", "/metrics", None).await.2).unwrap()
-}
+use common::{args, call, json_call, loaded, metrics_text, reference, sample, sse_chunks};
 
 #[tokio::test]
 async fn models_routes() {
@@ -181,7 +129,7 @@ async fn every_error_case_uses_the_openai_envelope() {
             None,
         ),
         (json!({"model": "stories260k", "prompt": "x", "top_p": 0}), StatusCode::BAD_REQUEST, Some("top_p"), None),
-        (json!({"model": "stories260k", "prompt": "x", "n": 2}), StatusCode::BAD_REQUEST, Some("n"), None),
+        (json!({"model": "stories260k", "prompt": "x", "n": 0}), StatusCode::BAD_REQUEST, Some("n"), None),
         (json!({"model": "stories260k", "prompt": "x", "stop": 5}), StatusCode::BAD_REQUEST, Some("stop"), None),
         (json!({"model": "stories260k", "prompt": [100000]}), StatusCode::BAD_REQUEST, Some("prompt"), None),
         (
@@ -493,12 +441,18 @@ async fn fields_the_server_does_not_implement_are_refused_by_name() {
         b
     };
     for (body, param, code) in [
-        (with("echo", json!(true)), "echo", json!("unsupported")),
         (with("best_of", json!(3)), "best_of", json!("unsupported")),
+        (with("tools", json!([{"type": "function"}])), "tools", json!("unsupported")),
+        (with("guided_json", json!({"type": "object"})), "guided_json", json!("unsupported")),
+        (with("guided_choice", json!(["a", "b"])), "guided_choice", json!("unsupported")),
+        (with("guided_grammar", json!("root ::= \"a\"")), "guided_grammar", json!("unsupported")),
+        (with("stream_options", json!({"include_usage": true})), "stream_options", Value::Null),
+        (with("user", json!(7)), "user", Value::Null),
+        (with("max_completion_tokens", json!(4)), "max_completion_tokens", Value::Null),
         (with("response_format", json!({"type": "json_object"})), "response_format", json!("unsupported")),
         (with("guided_regex", json!("[a-z]+")), "guided_regex", json!("unsupported")),
         (with("repetition_penalty", json!(1.3)), "repetition_penalty", json!("unsupported")),
-        (with("n", json!(3)), "n", Value::Null),
+        (with("n", json!(17)), "n", Value::Null),
         (with("temperatur", json!(0.5)), "temperatur", Value::Null),
     ] {
         let (s, v) = json_call(&app, "POST", "/v1/completions", Some(body.clone())).await;
@@ -510,6 +464,17 @@ async fn fields_the_server_does_not_implement_are_refused_by_name() {
     let chat = json!({"model": "stories260k", "messages": [{"role": "user", "content": "Hi"}], "tools": tools});
     let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat)).await;
     assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!("tools")), "{v}");
+    let mut streamed = base.clone();
+    streamed["stream"] = json!(true);
+    for (options, param) in [
+        (json!({"continuous_usage_stats": true}), "stream_options.continuous_usage_stats"),
+        (json!({"include_usage": "yes"}), "stream_options.include_usage"),
+        (json!({"usage": true}), "stream_options.usage"),
+    ] {
+        streamed["stream_options"] = options;
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(streamed.clone())).await;
+        assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!(param)), "{v}");
+    }
 
     // The values clients send by default ask for nothing and are accepted.
     let mut neutral = base.clone();
@@ -678,16 +643,6 @@ async fn chat_content_parts_are_text_or_refused_by_name() {
         assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!(param)), "{content}: {v}");
         assert!(!v["error"]["message"].as_str().unwrap().contains('\n'), "{v}");
     }
-}
-
-/// The data chunks of an SSE body, `[DONE]` left out.
-fn sse_chunks(body: &[u8]) -> Vec<Value> {
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 /// Log-probabilities in OpenAI's two shapes, whole and streamed: one entry per generated token,

@@ -24,8 +24,13 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         Some(Value::Array(a)) if matches!(a.as_slice(), [Value::String(_)]) => a.first(),
         other => other,
     };
+    let echo = validate::echo(&body)?;
+    let mut echoed = None;
     let prompt = match prompt {
-        Some(Value::String(s)) => validate::encode(&loaded.tokenizer, s.clone(), "prompt").await?,
+        Some(Value::String(s)) => {
+            echoed = echo.then(|| s.clone());
+            validate::encode(&loaded.tokenizer, s.clone(), "prompt").await?
+        }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_u64().is_some()) => {
             // An id the embedding cannot look up would fail the whole engine step, and with it
             // every request in flight: refuse it here.
@@ -46,6 +51,12 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<Respon
         }
         None => return Err(ApiError::invalid("prompt", "`prompt` is required")),
     };
-    let valid = validate::generation(&body, &state, prompt, Some(DEFAULT_MAX_TOKENS))?;
+    if echo && echoed.is_none() {
+        // Token ids echo as their text (special tokens such as BOS decode to nothing).
+        let text = loaded.tokenizer.decode(&prompt).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+        echoed = Some(text);
+    }
+    let mut valid = validate::generation(&body, &state, prompt, Some(DEFAULT_MAX_TOKENS))?;
+    valid.echo = echoed;
     respond(&state, valid, Kind::Completion).await
 }

@@ -46,6 +46,7 @@ pub async fn respond(state: &AppState, valid: ValidGeneration, kind: Kind) -> Re
             ApiError::overloaded()
         }
         SubmitError::Stopped => ApiError::unavailable("the engine has stopped"),
+        SubmitError::TooManySamples { max } => ApiError::invalid("n", format!("`n` must be between 1 and {max}")),
     })?;
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let id = match kind {
@@ -53,7 +54,16 @@ pub async fn respond(state: &AppState, valid: ValidGeneration, kind: Kind) -> Re
         Kind::Chat => format!("chatcmpl-{:016x}{:08x}", state.created, n),
     };
     let tokenizer = loaded.tokenizer.clone();
-    let head = Head { id, created: now(), model: state.model_id.clone(), kind, tokenizer, last_prompt_token };
+    let head = Head {
+        id,
+        created: now(),
+        model: state.model_id.clone(),
+        kind,
+        tokenizer,
+        last_prompt_token,
+        streamed: valid.stream,
+        echo: valid.echo.unwrap_or_default(),
+    };
     if valid.stream {
         Ok(sse(head, stream, valid.include_usage, with_logprobs))
     } else {
@@ -72,6 +82,10 @@ struct Head {
     kind: Kind,
     tokenizer: Arc<Tokenizer>,
     last_prompt_token: Option<u32>,
+    /// Answered as SSE chunks.
+    streamed: bool,
+    /// What each choice's text begins with (completions' `echo`), or nothing.
+    echo: String,
 }
 
 /// A token's log-probabilities with the token (and its alternatives) as text.
@@ -142,11 +156,18 @@ impl Head {
         }
     }
 
-    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>, logprobs: Option<Value>) -> Value {
+    fn chunk(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        role: bool,
+        finish: Option<&str>,
+        logprobs: Option<Value>,
+    ) -> Value {
         let logprobs = logprobs.unwrap_or(Value::Null);
         let choice = match self.kind {
             Kind::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish})
             }
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -156,47 +177,87 @@ impl Head {
                 if let Some(t) = text {
                     delta.insert("content".into(), t.into());
                 }
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
         };
-        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
+        self.envelope(vec![choice], None)
+    }
+
+    /// A response or chunk object around `choices`.
+    fn envelope(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
+        let object = match self.kind {
+            Kind::Chat if self.streamed => "chat.completion.chunk",
+            Kind::Chat => "chat.completion",
+            Kind::Completion => "text_completion",
+        };
+        let mut v =
+            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if let (Some(u), Some(o)) = (usage, v.as_object_mut()) {
+            o.insert("usage".into(), u);
+        }
+        v
+    }
+}
+
+/// One choice as it is generated.
+struct Choice {
+    text: String,
+    entries: Vec<Entry>,
+    /// The token before the next one (for its text, see [`Head::entry`]).
+    prev: Option<u32>,
+    finish: Option<&'static str>,
+    completion_tokens: usize,
+}
+
+impl Choice {
+    fn new(head: &Head) -> Self {
+        let (prev, text) = (head.last_prompt_token, head.echo.clone());
+        Choice { text, entries: Vec::new(), prev, finish: None, completion_tokens: 0 }
     }
 }
 
 async fn whole(head: Head, mut stream: RequestStream, with_logprobs: bool) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let mut entries = Vec::new();
-    let mut prev = head.last_prompt_token;
-    loop {
-        match stream.next().await {
-            Some(Event::Token { id, text: t, logprobs }) => {
-                text.push_str(&t);
-                entries.extend(logprobs.map(|lp| head.entry(prev, id, lp)));
-                prev = Some(id);
+    let mut choices: Vec<Choice> = (0..stream.n()).map(|_| Choice::new(&head)).collect();
+    let mut prompt_tokens = 0;
+    while let Some(event) = stream.next().await {
+        match event {
+            Event::Token { index, id, text, logprobs } => {
+                let Some(c) = choices.get_mut(index) else { continue };
+                c.text.push_str(&text);
+                c.entries.extend(logprobs.map(|lp| head.entry(c.prev, id, lp)));
+                c.prev = Some(id);
             }
-            Some(Event::Finished { error: Some(e), .. }) => return Err(ApiError::internal(e)),
-            Some(Event::Finished { reason, prompt_tokens, completion_tokens, .. }) => {
-                let logprobs = if with_logprobs { head.logprobs(&entries, 0) } else { Value::Null };
-                let choice = match head.kind {
-                    Kind::Completion => {
-                        json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason.as_str()})
-                    }
-                    Kind::Chat => {
-                        let message = json!({"role": "assistant", "content": text});
-                        json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reason.as_str()})
-                    }
-                };
-                let object = if head.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
-                return Ok(Json(json!({
-                    "id": head.id, "object": object, "created": head.created, "model": head.model,
-                    "choices": [choice], "usage": usage(prompt_tokens, completion_tokens),
-                }))
-                .into_response());
+            Event::Finished { error: Some(e), .. } => return Err(ApiError::internal(e)),
+            Event::Finished { index, reason, prompt_tokens: p, completion_tokens, .. } => {
+                let Some(c) = choices.get_mut(index) else { continue };
+                c.finish = Some(reason.as_str());
+                c.completion_tokens = completion_tokens;
+                prompt_tokens = p;
             }
-            None => return Err(ApiError::internal("the engine stopped before the request finished")),
         }
     }
+    if choices.iter().any(|c| c.finish.is_none()) {
+        return Err(ApiError::internal("the engine stopped before the request finished"));
+    }
+    // The prompt once, every choice's tokens (as OpenAI counts `n`).
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let out: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let logprobs = if with_logprobs { head.logprobs(&c.entries, 0) } else { Value::Null };
+            match head.kind {
+                Kind::Completion => {
+                    json!({"index": index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish})
+                }
+                Kind::Chat => {
+                    let message = json!({"role": "assistant", "content": c.text});
+                    json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": c.finish})
+                }
+            }
+        })
+        .collect();
+    Ok(Json(head.envelope(out, Some(usage(prompt_tokens, completion_tokens)))).into_response())
 }
 
 enum Phase {
@@ -205,78 +266,107 @@ enum Phase {
     Done,
 }
 
-/// What a stream carries between chunks: log-probability entries of tokens whose text is still
-/// held back (a stop string may follow, or a character is incomplete), sent with the next text,
-/// and the length of the text sent so far (completions' `text_offset`).
-struct Flow {
-    head: Head,
-    stream: RequestStream,
-    phase: Phase,
+/// What a streamed choice carries between chunks: log-probability entries of tokens whose text
+/// is still held back (a stop string may follow, or a character is incomplete), sent with the
+/// next text, and the length of the text sent so far (completions' `text_offset`).
+struct Streamed {
     pending: Vec<Entry>,
     sent: usize,
     prev: Option<u32>,
 }
 
+struct Flow {
+    head: Head,
+    stream: RequestStream,
+    phase: Phase,
+    choices: Vec<Streamed>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
 impl Flow {
-    /// The pending entries in this family's shape, if the request asked for log-probabilities.
-    fn take_logprobs(&mut self, with_logprobs: bool) -> Option<Value> {
+    /// Choice `index`'s pending entries in this family's shape, if the request asked for
+    /// log-probabilities.
+    fn take_logprobs(&mut self, index: usize, with_logprobs: bool) -> Option<Value> {
+        let c = self.choices.get_mut(index)?;
         if !with_logprobs {
             return None;
         }
-        let v = self.head.logprobs(&self.pending, self.sent);
-        self.pending.clear();
+        let v = self.head.logprobs(&c.pending, c.sent);
+        c.pending.clear();
         Some(v)
     }
 }
 
 fn sse(head: Head, stream: RequestStream, include_usage: bool, with_logprobs: bool) -> Response {
-    let prev = head.last_prompt_token;
-    let flow = Flow { head, stream, phase: Phase::Start, pending: Vec::new(), sent: 0, prev };
+    let choices =
+        (0..stream.n()).map(|_| Streamed { pending: Vec::new(), sent: 0, prev: head.last_prompt_token }).collect();
+    let flow = Flow { head, stream, phase: Phase::Start, choices, prompt_tokens: 0, completion_tokens: 0 };
     let events = stream::unfold(flow, move |mut f| async move {
         let data = |v: &Value| SseEvent::default().data(v.to_string());
+        let done = || SseEvent::default().data("[DONE]");
         match f.phase {
             Phase::Start if f.head.kind == Kind::Chat => {
-                let first = vec![data(&f.head.chunk(Some(""), true, None, None))];
+                // Every choice opens with the assistant's role, as OpenAI's and vLLM's streams do.
+                let first = (0..f.choices.len()).map(|i| data(&f.head.chunk(i, Some(""), true, None, None))).collect();
+                f.phase = Phase::Running;
+                Some((first, f))
+            }
+            Phase::Start if !f.head.echo.is_empty() => {
+                // Every choice opens with the echoed prompt.
+                let echo = f.head.echo.clone();
+                let first =
+                    (0..f.choices.len()).map(|i| data(&f.head.chunk(i, Some(&echo), false, None, None))).collect();
+                for c in &mut f.choices {
+                    c.sent = echo.len();
+                }
                 f.phase = Phase::Running;
                 Some((first, f))
             }
             Phase::Start | Phase::Running => {
                 f.phase = Phase::Running;
                 let out = match f.stream.next().await {
-                    Some(Event::Token { id, text, logprobs }) => {
+                    Some(Event::Token { index, id, text, logprobs }) => {
+                        let Some(c) = f.choices.get_mut(index) else { return Some((Vec::new(), f)) };
                         if let Some(lp) = logprobs {
-                            let e = f.head.entry(f.prev, id, lp);
-                            f.pending.push(e);
+                            let e = f.head.entry(c.prev, id, lp);
+                            c.pending.push(e);
                         }
-                        f.prev = Some(id);
+                        c.prev = Some(id);
                         if text.is_empty() {
                             Vec::new()
                         } else {
-                            let lp = f.take_logprobs(with_logprobs);
-                            f.sent += text.len();
-                            vec![data(&f.head.chunk(Some(&text), false, None, lp))]
+                            let lp = f.take_logprobs(index, with_logprobs);
+                            if let Some(c) = f.choices.get_mut(index) {
+                                c.sent += text.len();
+                            }
+                            vec![data(&f.head.chunk(index, Some(&text), false, None, lp))]
                         }
                     }
                     Some(Event::Finished { error: Some(e), .. }) => {
-                        vec![data(&ApiError::internal(e).body()), SseEvent::default().data("[DONE]")]
-                    }
-                    Some(Event::Finished { reason, prompt_tokens, completion_tokens, .. }) => {
-                        let lp = if f.pending.is_empty() { None } else { f.take_logprobs(with_logprobs) };
-                        let mut v = vec![data(&f.head.chunk(None, false, Some(reason.as_str()), lp))];
-                        if include_usage {
-                            let h = &f.head;
-                            let object = if h.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
-                            v.push(data(&json!({
-                                "id": h.id, "object": object, "created": h.created, "model": h.model,
-                                "choices": [], "usage": usage(prompt_tokens, completion_tokens),
-                            })));
-                        }
-                        v.push(SseEvent::default().data("[DONE]"));
                         f.phase = Phase::Done;
-                        return Some((v, f));
+                        vec![data(&ApiError::internal(e).body()), done()]
+                    }
+                    Some(Event::Finished { index, reason, prompt_tokens, completion_tokens, .. }) => {
+                        f.prompt_tokens = prompt_tokens;
+                        f.completion_tokens += completion_tokens;
+                        let pending = f.choices.get(index).is_some_and(|c| !c.pending.is_empty());
+                        let lp = if pending { f.take_logprobs(index, with_logprobs) } else { None };
+                        vec![data(&f.head.chunk(index, None, false, Some(reason.as_str()), lp))]
+                    }
+                    None if f.stream.finished() => {
+                        let mut v = Vec::new();
+                        if include_usage {
+                            let usage = usage(f.prompt_tokens, f.completion_tokens);
+                            v.push(data(&f.head.envelope(Vec::new(), Some(usage))));
+                        }
+                        v.push(done());
+                        f.phase = Phase::Done;
+                        v
                     }
                     None => {
-                        vec![data(&ApiError::internal("the engine stopped").body()), SseEvent::default().data("[DONE]")]
+                        f.phase = Phase::Done;
+                        vec![data(&ApiError::internal("the engine stopped").body()), done()]
                     }
                 };
                 Some((out, f))

@@ -20,6 +20,8 @@ pub struct ValidGeneration {
     pub stream: bool,
     /// Send a final usage chunk when streaming.
     pub include_usage: bool,
+    /// Text every choice begins with (completions' `echo`: the prompt).
+    pub echo: Option<String>,
 }
 
 // === which fields a request may carry ===
@@ -30,7 +32,6 @@ const GENERATION_FIELDS: &[&str] = &[
     "stream",
     "stream_options",
     "max_tokens",
-    "max_completion_tokens",
     "temperature",
     "top_p",
     "top_k",
@@ -40,6 +41,7 @@ const GENERATION_FIELDS: &[&str] = &[
     "top_logprobs",
     "frequency_penalty",
     "n",
+    "best_of",
     "seed",
     "stop",
     "stop_token_ids",
@@ -48,16 +50,16 @@ const GENERATION_FIELDS: &[&str] = &[
 ];
 
 /// `POST /v1/completions`'s own fields.
-pub const COMPLETION_FIELDS: &[&str] = &["prompt"];
+pub const COMPLETION_FIELDS: &[&str] = &["prompt", "echo"];
 
 /// `POST /v1/chat/completions`'s own fields (`parallel_tool_calls` means nothing without tools).
-pub const CHAT_FIELDS: &[&str] = &["messages", "parallel_tool_calls"];
+pub const CHAT_FIELDS: &[&str] = &["messages", "max_completion_tokens", "parallel_tool_calls"];
 
 /// Fields of OpenAI's and vLLM's APIs this server does not implement, each with the values that ask
-/// for nothing (accepted, as clients send them by default); any other value is refused.
+/// for nothing (accepted, as clients send them by default); any other value is refused. (Chat's
+/// `echo` is vLLM's: it repeats the last message.)
 const UNSUPPORTED: &[(&str, &[&str])] = &[
     ("echo", &["false"]),
-    ("best_of", &["1"]),
     ("suffix", &["\"\""]),
     ("tools", &["[]"]),
     ("tool_choice", &["\"none\""]),
@@ -197,6 +199,58 @@ fn stop_strings(body: &serde_json::Map<String, Value>) -> Result<Vec<String>, Ap
     Ok(stops)
 }
 
+/// Most samples one request may ask for (`n`); `--max-num-seqs` bounds it too, since a request's
+/// samples run at once.
+pub const MAX_N: usize = 16;
+
+/// `n`, within [1, MAX_N] and what the engine can seat; `best_of` only as `n` (the samples
+/// returned are all the samples drawn).
+fn samples(body: &serde_json::Map<String, Value>, state: &AppState) -> Result<usize, ApiError> {
+    let engine_max = state.loaded.get().map_or(MAX_N, |l| l.engine.max_samples());
+    let max = MAX_N.min(engine_max);
+    let n = integer(body, "n")?.unwrap_or(1);
+    let n = usize::try_from(n).ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+        let why = if engine_max < MAX_N { " (--max-num-seqs)" } else { "" };
+        ApiError::invalid("n", format!("`n` must be between 1 and {max}{why}, got {n}"))
+    })?;
+    match integer(body, "best_of")? {
+        None => Ok(n),
+        Some(b) if b == n as i64 => Ok(n),
+        Some(b) if b < n as i64 => Err(ApiError::invalid("best_of", format!("`best_of` must be at least `n` ({n})"))),
+        Some(_) => Err(ApiError::unsupported(
+            "best_of",
+            "`best_of` greater than `n` is not supported by this server; ask for `n` samples",
+        )),
+    }
+}
+
+/// `stream_options`: only with `stream`, and only `include_usage` (vLLM's
+/// `continuous_usage_stats` is not implemented). Returns `include_usage`.
+fn stream_options(body: &serde_json::Map<String, Value>, stream: bool) -> Result<bool, ApiError> {
+    let options = match body.get("stream_options") {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(ApiError::invalid("stream_options", "`stream_options` must be an object")),
+    };
+    if !stream {
+        return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true"));
+    }
+    let mut include_usage = false;
+    for (key, value) in options {
+        let param = format!("stream_options.{key}");
+        match (key.as_str(), value) {
+            ("include_usage", Value::Bool(b)) => include_usage = *b,
+            ("include_usage", Value::Null) | ("continuous_usage_stats", Value::Null | Value::Bool(false)) => {}
+            ("include_usage", _) => return Err(ApiError::invalid(&param, format!("`{param}` must be a boolean"))),
+            ("continuous_usage_stats", _) => {
+                return Err(ApiError::unsupported(&param, format!("`{param}` is not supported by this server yet")));
+            }
+            _ => return Err(ApiError::invalid(&param, format!("Unrecognized request argument supplied: {param}"))),
+        }
+    }
+    Ok(include_usage)
+}
+
 /// Most alternatives per token `logprobs` / `top_logprobs` may ask for (vLLM's default limit).
 pub const MAX_LOGPROBS: usize = 20;
 
@@ -251,6 +305,20 @@ fn logit_bias(body: &serde_json::Map<String, Value>, state: &AppState) -> Result
     Ok(out)
 }
 
+/// Completions' `echo`: whether each choice begins with the prompt. The prompt's own
+/// log-probabilities are not computed (the model's step yields the logits of a sequence's last
+/// token only), so `echo` with `logprobs` is refused rather than answered without them.
+pub fn echo(body: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
+    let echo = boolean(body, "echo")?;
+    if echo && !matches!(body.get("logprobs"), None | Some(Value::Null)) {
+        return Err(ApiError::unsupported(
+            "echo",
+            "`echo` with `logprobs` (the prompt's log-probabilities) is not supported by this server yet",
+        ));
+    }
+    Ok(echo)
+}
+
 /// Validates sampling and length fields for `prompt` and builds the engine request.
 /// `default_max_tokens` is OpenAI's default for the route (16 for completions; the rest of the
 /// context for chat).
@@ -275,16 +343,21 @@ pub fn generation(
         ));
     }
     let room = max_len - prompt.len();
-    let max_tokens = match integer(body, "max_tokens")?.or(integer(body, "max_completion_tokens")?) {
+    // Chat's `max_completion_tokens` replaced `max_tokens` and wins over it (as in vLLM).
+    let length_param = match integer(body, "max_completion_tokens")? {
+        Some(_) => "max_completion_tokens",
+        None => "max_tokens",
+    };
+    let max_tokens = match integer(body, length_param)? {
         Some(n) if n < 1 => {
-            return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {n}")));
+            return Err(ApiError::invalid(length_param, format!("`{length_param}` must be at least 1, got {n}")));
         }
         Some(n) if n as u64 > room as u64 => {
             return Err(ApiError::invalid(
-                "max_tokens",
+                length_param,
                 format!(
-                    "This model's maximum context length is {max_len} tokens; the prompt has {} tokens and max_tokens \
-                        is {n}.",
+                    "This model's maximum context length is {max_len} tokens; the prompt has {} tokens and \
+                     {length_param} is {n}.",
                     prompt.len()
                 ),
             ));
@@ -318,10 +391,12 @@ pub fn generation(
         Ok(v as f32)
     };
     let (presence_penalty, frequency_penalty) = (penalty("presence_penalty")?, penalty("frequency_penalty")?);
-    if let Some(n) = integer(body, "n")?
-        && n != 1
+    let n = samples(body, state)?;
+    if let Some(user) = body.get("user")
+        && !user.is_string()
+        && !user.is_null()
     {
-        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        return Err(ApiError::invalid("user", "`user` must be a string"));
     }
     let seed = match body.get("seed") {
         None | Some(Value::Null) => state.next_seed(),
@@ -348,11 +423,7 @@ pub fn generation(
         }
     };
     let stream = boolean(body, "stream")?;
-    let include_usage = match body.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => o.get("include_usage").and_then(Value::as_bool).unwrap_or(false),
-        Some(_) => return Err(ApiError::invalid("stream_options", "`stream_options` must be an object")),
-    };
+    let include_usage = stream_options(body, stream)?;
     Ok(ValidGeneration {
         request: EngineRequest {
             prompt,
@@ -370,9 +441,11 @@ pub fn generation(
             stop,
             stop_token_ids,
             ignore_eos: boolean(body, "ignore_eos")?,
+            n,
             arrival: Instant::now(),
         },
         stream,
         include_usage,
+        echo: None,
     })
 }

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from llmserve_testing import procs
+from llmserve_testing.net import get
 from llmserve_testing.paths import reference
 
 
@@ -18,9 +19,20 @@ def start(*extra):
 
 
 @pytest.fixture(scope="module")
-def client():
-    with start() as server:
-        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+def server():
+    with start() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def counter(server, name):
+    """The value of an unlabelled-but-for-model counter sample of the server's `/metrics`."""
+    text = get(server.url + "/metrics")[1].decode()
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def test_models(client):
@@ -90,6 +102,91 @@ def test_logprobs_parse_in_the_clients_types(client):
     )
     streamed = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+
+def test_greedy_samples_equal_the_single_answer_and_the_prompt_is_prefilled_once(client, server):
+    prompt_before = counter(server, "vllm:prompt_tokens_total")
+    steps_before = counter(server, "vllm:iteration_tokens_total_sum")
+    r = client.completions.create(model="stories", prompt="Once upon a time", max_tokens=24, temperature=0, n=4)
+    assert counter(server, "vllm:prompt_tokens_total") - prompt_before == 5, "the prompt counted once"
+    # Run through the model: the 5 prompt tokens once, then 23 more tokens for each of 4 samples.
+    assert counter(server, "vllm:iteration_tokens_total_sum") - steps_before == 5 + 4 * 23
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    texts = {c.text for c in r.choices}
+    assert len(texts) == 1 and reference("once_upon_a_time.txt").startswith("Once upon a time" + texts.pop())
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (5, 4 * 24)
+
+
+def test_seeded_samples_differ_reproducibly_and_stream_by_index(client):
+    msgs = [{"role": "user", "content": "Tom and Lily went"}]
+    args = dict(model="stories", messages=msgs, max_tokens=12, temperature=1.0, seed=42, n=3)
+    whole = client.chat.completions.create(**args)
+    texts = [c.message.content for c in whole.choices]
+    assert len(set(texts)) > 1, texts
+    assert [c.message.content for c in client.chat.completions.create(**args).choices] == texts
+    # Sample i draws with seed + i: the second sample is a lone request seeded 43.
+    alone = client.chat.completions.create(**{**args, "n": 1, "seed": 43})
+    assert alone.choices[0].message.content == texts[1]
+    streamed, finishes, usage = ["", "", ""], [[], [], []], None
+    for chunk in client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finishes[c.index].append(c.finish_reason)
+    assert streamed == texts
+    assert finishes == [[c.finish_reason] for c in whole.choices]
+    assert usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_echo_max_completion_tokens_user_and_stop(client):
+    r = client.completions.create(model="stories", prompt="Once upon a time", max_tokens=6, temperature=0, echo=True)
+    assert r.choices[0].text.startswith("Once upon a time,")
+    assert reference("once_upon_a_time.txt").startswith(r.choices[0].text)
+    msgs = [{"role": "user", "content": "The cat"}]
+    chat = client.chat.completions.create(
+        model="stories",
+        messages=msgs,
+        max_tokens=2,
+        max_completion_tokens=7,
+        temperature=0,
+        user="someone",
+        extra_body={"ignore_eos": True},
+    )
+    assert chat.usage.completion_tokens == 7
+    text = chat.choices[0].message.content
+    stop = text[3:6]
+    for s in (stop, ["zzz", stop]):
+        cut = client.chat.completions.create(model="stories", messages=msgs, max_tokens=7, temperature=0, stop=s)
+        assert cut.choices[0].message.content == text[: text.index(stop)]
+        assert cut.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "route, fields, param",
+    [
+        ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
+        ("chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ("chat", {"tool_choice": "required"}, "tool_choice"),
+        ("chat", {"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),
+        ("chat", {"extra_body": {"guided_regex": "[a-z]+"}}, "guided_regex"),
+        ("chat", {"extra_body": {"guided_choice": ["yes", "no"]}}, "guided_choice"),
+        ("chat", {"extra_body": {"guided_grammar": 'root ::= "a"'}}, "guided_grammar"),
+        ("chat", {"n": 17}, "n"),
+        ("completions", {"best_of": 3}, "best_of"),
+        ("completions", {"echo": True, "logprobs": 1}, "echo"),
+        ("completions", {"suffix": "The end."}, "suffix"),
+    ],
+)
+def test_unsupported_parameters_are_400s_naming_them(client, route, fields, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        if route == "chat":
+            msgs = [{"role": "user", "content": "Hi"}]
+            client.chat.completions.create(model="stories", messages=msgs, max_tokens=2, **fields)
+        else:
+            client.completions.create(model="stories", prompt="Hi", max_tokens=2, **fields)
+    assert e.value.body["param"] == param
+    assert e.value.body["type"] == "invalid_request_error"
 
 
 def test_errors_reach_the_client_typed(client):
