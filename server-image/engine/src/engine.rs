@@ -7,15 +7,21 @@
 //! yields the prompt's last logits forks it into n sequences over the same KV blocks
 //! ([`Scheduler::fork`]), each sampling its first token from those logits with its own seed. The
 //! prompt is prefilled once, whatever n.
+//!
+//! A request with a grammar ([`crate::guided`]) carries a [`Guide`] per sequence. The masks of the
+//! sequences about to sample are computed on a second thread while the model's forward pass runs;
+//! each sample's logits are masked before sampling, the token is committed to the guide after,
+//! and a complete grammar ends the sequence (`stop`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc as tmpsc;
 
 use crate::error::{Error, Result};
+use crate::guided::{Guide, Mask, apply_mask};
 use crate::metrics::EngineMetrics;
 use crate::model::{KvCache, Model, StepSeq};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
@@ -63,6 +69,8 @@ pub struct EngineRequest {
     /// Samples of the prompt to generate (OpenAI's `n`), each streamed with its index; sample `i`
     /// draws with seed `sampling.seed + i`.
     pub n: usize,
+    /// The grammar its output must follow (structured output), in its initial state.
+    pub guide: Option<Guide>,
     /// When the request arrived (for queue time and TTFT).
     pub arrival: Instant,
 }
@@ -245,6 +253,8 @@ struct Seq {
     sampler: Sampler,
     detok: IncrementalDecoder,
     stops: StopMatcher,
+    /// Where the sequence stands in its grammar, if it has one.
+    guide: Option<Guide>,
     tx: tmpsc::UnboundedSender<Event>,
     scheduled_at: Option<Instant>,
     first_token_at: Option<Instant>,
@@ -370,7 +380,8 @@ impl Core {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(key, req, tx) => {
-                let req = *req;
+                let mut req = *req;
+                let guide = req.guide.take();
                 let detok = IncrementalDecoder::new(&req.prompt);
                 if let Some(m) = &self.metrics {
                     m.max_tokens.observe(req.max_tokens as f64);
@@ -384,6 +395,7 @@ impl Core {
                     sampler: Sampler::new(req.sampling.clone()),
                     detok,
                     stops: StopMatcher::new(&req.stop),
+                    guide,
                     tx,
                     scheduled_at: None,
                     first_token_at: None,
@@ -439,6 +451,19 @@ impl Core {
                 }
             }
         }
+        // The guides of the sequences about to sample, out of their sequences while the model
+        // borrows the tokens.
+        let mut guides: Vec<(u64, Guide)> = plan
+            .scheduled
+            .iter()
+            .filter_map(|s| {
+                let seq = self.seqs.get_mut(&s.key)?;
+                if s.start + s.len < seq.tokens.len() {
+                    return None; // a prefill chunk samples nothing
+                }
+                seq.guide.take().map(|g| (s.key, g))
+            })
+            .collect();
         let steps: Vec<StepSeq<'_>> = plan
             .scheduled
             .iter()
@@ -455,8 +480,29 @@ impl Core {
             .collect::<Result<_>>()?;
         let copies: Vec<_> = plan.copies.iter().map(|(_, c)| *c).collect();
         self.cache.copy_blocks(&copies)?;
-        let logits = self.model.forward(&steps, &self.cache)?.to_vec2::<f32>()?;
+        let (logits, masks) = std::thread::scope(|scope| {
+            let masker = (!guides.is_empty()).then(|| scope.spawn(|| compute_masks(&mut guides)));
+            let logits = self.model.forward(&steps, &self.cache).and_then(|t| Ok(t.to_vec2::<f32>()?));
+            let forward_done = Instant::now();
+            let masks = masker.map(|m| m.join()).transpose();
+            if let Ok(Some((m, compute))) = &masks {
+                // What the masks cost, and how much of it the forward pass did not hide.
+                let (compute_us, waited_us) = (compute.as_micros(), forward_done.elapsed().as_micros());
+                tracing::debug!(masks = m.len(), compute_us, waited_us, "structured-output masks");
+            }
+            (logits, masks)
+        });
         drop(steps);
+        for (key, guide) in guides {
+            if let Some(seq) = self.seqs.get_mut(&key) {
+                seq.guide = Some(guide);
+            }
+        }
+        let logits = logits?;
+        let mut masks = match masks {
+            Ok(masks) => masks.map(|(m, _)| m).unwrap_or_default(),
+            Err(_) => return Err(Error::Invalid("the structured-output mask thread panicked".into())),
+        };
         let total: usize = plan.scheduled.iter().map(|s| s.len).sum();
         if let Some(m) = &self.metrics {
             m.iteration_tokens.observe(total as f64);
@@ -470,10 +516,11 @@ impl Core {
             if computed < seq.tokens.len() {
                 continue; // a prefill chunk; no token yet
             }
+            let mask = masks.remove(&s.key);
             for child in self.fork(s.key) {
-                self.advance(child, row.clone(), done_at)?;
+                self.advance(child, row.clone(), mask.as_ref(), done_at)?;
             }
-            self.advance(s.key, row, done_at)?;
+            self.advance(s.key, row, mask.as_ref(), done_at)?;
         }
         Ok(())
     }
@@ -495,6 +542,8 @@ impl Core {
                 sampler: Sampler::new(req.sampling.clone()),
                 detok: parent.detok.clone(),
                 stops: StopMatcher::new(&req.stop),
+                // The parent has sampled nothing yet: every sample starts where it stands.
+                guide: parent.guide.clone(),
                 tx: parent.tx.clone(),
                 scheduled_at: parent.scheduled_at,
                 first_token_at: None,
@@ -509,12 +558,41 @@ impl Core {
         children
     }
 
-    /// Samples `key`'s next token from `row`, the logits of its last token, and streams it;
-    /// finishes the sequence on a stop or its length limit.
-    fn advance(&mut self, key: u64, mut row: Vec<f32>, done_at: Instant) -> Result<()> {
+    /// Samples `key`'s next token from `row`, the logits of its last token, with the tokens its
+    /// grammar forbids banned by `mask`, and streams it; finishes the sequence on a stop, its
+    /// grammar's end or its length limit.
+    fn advance(
+        &mut self,
+        key: u64,
+        mut row: Vec<f32>,
+        mask: Option<&std::result::Result<Mask, String>>,
+        done_at: Instant,
+    ) -> Result<()> {
         let Some(seq) = self.seqs.get_mut(&key) else { return Ok(()) };
+        match mask {
+            Some(Err(e)) => {
+                let msg = format!("structured output failed: {e}");
+                self.finish(key, FinishReason::Abort, Some(msg));
+                return Ok(());
+            }
+            // Nothing the grammar allows is left (it cannot happen with a vocabulary of all bytes).
+            Some(Ok(mask)) if !apply_mask(mask, &mut row) => {
+                self.finish(key, FinishReason::Stop, None);
+                return Ok(());
+            }
+            _ => {}
+        }
         let (next, logprobs) =
             seq.sampler.sample_with_logprobs(&mut row, seq.tokens.get(seq.req.prompt.len()..).unwrap_or_default());
+        let grammar_done = match seq.guide.as_mut().map(|g| g.commit(next).map(|()| g.is_done())) {
+            Some(Err(e)) => {
+                let msg = format!("structured output failed: {e}");
+                self.finish(key, FinishReason::Abort, Some(msg));
+                return Ok(());
+            }
+            Some(Ok(done)) => done,
+            None => false,
+        };
         seq.tokens.push(next);
         self.sched.append_token(key, next);
         if let Some(m) = &self.metrics {
@@ -545,6 +623,9 @@ impl Core {
             let mut text = released.text;
             if released.stopped {
                 finish = Some(FinishReason::Stop);
+            } else if grammar_done {
+                finish = Some(FinishReason::Stop);
+                text.push_str(&seq.stops.flush());
             } else if seq.generated() >= seq.req.max_tokens || seq.tokens.len() >= self.cfg.max_model_len {
                 finish = Some(FinishReason::Length);
                 text.push_str(&seq.stops.flush());
@@ -616,4 +697,11 @@ impl Core {
             }
         }
     }
+}
+
+/// The masks of `guides`, keyed by sequence, and the time they took.
+fn compute_masks(guides: &mut [(u64, Guide)]) -> (HashMap<u64, std::result::Result<Mask, String>>, Duration) {
+    let start = Instant::now();
+    let masks = guides.iter_mut().map(|(key, g)| (*key, g.mask())).collect();
+    (masks, start.elapsed())
 }

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod guided;
 pub mod metrics;
 pub mod model;
 pub mod random_model;

@@ -16,6 +16,7 @@ use llmserve_openai::body::BodyLimits;
 use llmserve_openai::serve::{Limits, positive_seconds, shutdown_signal};
 
 use crate::state::{AppState, Loaded};
+use llmserve_engine::guided::Guidance;
 
 /// Logs as JSON lines or text, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing(format: &str) {
@@ -168,7 +169,14 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         },
         max_model_len: state.max_model_len,
         max_waiting: args.max_waiting_requests,
-        eos_token_ids: generation.eos_token_ids,
+        eos_token_ids: generation.eos_token_ids.clone(),
+    };
+    let guidance = match Guidance::load(&dir, cfg.vocab_size, &generation.eos_token_ids) {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            tracing::warn!(error = %e, "structured output is off: llguidance cannot read this tokenizer");
+            None
+        }
     };
     let handle = engine::spawn(model, cache, tokenizer.clone(), engine_cfg, metrics)?;
     tracing::info!(
@@ -183,6 +191,7 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         chat_template,
         architecture: cfg.architecture().to_string(),
         model_vocab_size: cfg.vocab_size,
+        guidance,
     });
     Ok(())
 }

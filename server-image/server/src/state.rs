@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use llmserve_engine::engine::EngineHandle;
+use llmserve_engine::guided::Guidance;
 use llmserve_engine::tokenizer::Tokenizer;
 use llmserve_openai::body::BodyLimits;
 
@@ -21,6 +22,8 @@ pub struct Loaded {
     pub architecture: String,
     /// Token ids the model can embed (`vocab_size` of config.json).
     pub model_vocab_size: usize,
+    /// Compiles structured-output grammars; `None` when llguidance cannot read the tokenizer.
+    pub guidance: Option<Arc<Guidance>>,
 }
 
 /// Everything a handler needs; cheap to clone.

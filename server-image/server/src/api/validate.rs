@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use llmserve_engine::engine::EngineRequest;
+use llmserve_engine::guided::{Guide, GuideSpec};
 use llmserve_engine::sampling::SamplingParams;
 use llmserve_engine::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -47,6 +48,11 @@ const GENERATION_FIELDS: &[&str] = &[
     "stop_token_ids",
     "ignore_eos",
     "user",
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
 ];
 
 /// `POST /v1/completions`'s own fields.
@@ -65,11 +71,6 @@ const UNSUPPORTED: &[(&str, &[&str])] = &[
     ("tool_choice", &["\"none\""]),
     ("functions", &["[]"]),
     ("function_call", &["\"none\""]),
-    ("response_format", &[r#"{"type":"text"}"#]),
-    ("guided_json", &[]),
-    ("guided_regex", &[]),
-    ("guided_choice", &[]),
-    ("guided_grammar", &[]),
     ("guided_decoding_backend", &[]),
     ("structured_outputs", &[]),
     ("use_beam_search", &["false"]),
@@ -319,6 +320,70 @@ pub fn echo(body: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
     Ok(echo)
 }
 
+// === structured output ===
+
+/// Fields that constrain the output to a grammar; a request may set one of them.
+const GUIDED_FIELDS: &[&str] = &["response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar"];
+
+/// The grammar a field asks for, if any (`response_format: {"type": "text"}` asks for none).
+fn guide_spec(key: &str, value: &Value) -> Result<Option<GuideSpec>, ApiError> {
+    let invalid = |msg: &str| Err(ApiError::invalid(key, msg));
+    match (key, value) {
+        (_, Value::Null) => Ok(None),
+        ("response_format", Value::Object(o)) => match o.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(GuideSpec::JsonObject)),
+            Some("json_schema") => match o.get("json_schema").and_then(|j| j.get("schema")) {
+                Some(schema @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(GuideSpec::JsonSchema(schema.clone()))),
+                _ => invalid("`response_format.json_schema.schema` must be a JSON schema object"),
+            },
+            _ => invalid("`response_format.type` must be one of `text`, `json_object`, `json_schema`"),
+        },
+        ("response_format", _) => invalid("`response_format` must be an object"),
+        ("guided_json", Value::Object(_) | Value::Bool(_)) => Ok(Some(GuideSpec::JsonSchema(value.clone()))),
+        // vLLM also takes the schema as a JSON string.
+        ("guided_json", Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(schema @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(GuideSpec::JsonSchema(schema))),
+            _ => invalid("`guided_json` must be a JSON schema (an object, or one as a string)"),
+        },
+        ("guided_json", _) => invalid("`guided_json` must be a JSON schema object"),
+        ("guided_regex", Value::String(rx)) => Ok(Some(GuideSpec::Regex(rx.clone()))),
+        ("guided_regex", _) => invalid("`guided_regex` must be a string"),
+        ("guided_choice", Value::Array(a)) if !a.is_empty() => {
+            match a.iter().map(|v| v.as_str().map(String::from)).collect::<Option<Vec<_>>>() {
+                Some(choices) => Ok(Some(GuideSpec::Choice(choices))),
+                None => invalid("`guided_choice` must be a non-empty list of strings"),
+            }
+        }
+        ("guided_choice", _) => invalid("`guided_choice` must be a non-empty list of strings"),
+        ("guided_grammar", Value::String(g)) => Ok(Some(GuideSpec::Grammar(g.clone()))),
+        ("guided_grammar", _) => invalid("`guided_grammar` must be a string (a Lark grammar)"),
+        _ => Ok(None),
+    }
+}
+
+/// The compiled grammar of the request's structured-output field, if it has one; a bad schema,
+/// regex or grammar is a 400 naming the field, with llguidance's message.
+fn guide(body: &serde_json::Map<String, Value>, state: &AppState) -> Result<Option<Guide>, ApiError> {
+    let mut found: Option<(&str, GuideSpec)> = None;
+    for &key in GUIDED_FIELDS {
+        let Some(spec) = body.get(key).map(|v| guide_spec(key, v)).transpose()?.flatten() else { continue };
+        if let Some((first, _)) = found {
+            return Err(ApiError::invalid(key, format!("`{key}` cannot be combined with `{first}`")));
+        }
+        found = Some((key, spec));
+    }
+    let Some((key, spec)) = found else { return Ok(None) };
+    let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
+    let Some(guidance) = &loaded.guidance else {
+        return Err(ApiError::unsupported(
+            key,
+            format!("`{key}`: structured output needs a tokenizer.json llguidance reads"),
+        ));
+    };
+    guidance.compile(&spec).map(Some).map_err(|e| ApiError::invalid(key, format!("invalid `{key}`: {e}")))
+}
+
 /// Validates sampling and length fields for `prompt` and builds the engine request.
 /// `default_max_tokens` is OpenAI's default for the route (16 for completions; the rest of the
 /// context for chat).
@@ -442,6 +507,7 @@ pub fn generation(
             stop_token_ids,
             ignore_eos: boolean(body, "ignore_eos")?,
             n,
+            guide: guide(body, state)?,
             arrival: Instant::now(),
         },
         stream,

@@ -165,13 +165,8 @@ def test_echo_max_completion_tokens_user_and_stop(client):
 @pytest.mark.parametrize(
     "route, fields, param",
     [
-        ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
         ("chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ("chat", {"tool_choice": "required"}, "tool_choice"),
-        ("chat", {"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),
-        ("chat", {"extra_body": {"guided_regex": "[a-z]+"}}, "guided_regex"),
-        ("chat", {"extra_body": {"guided_choice": ["yes", "no"]}}, "guided_choice"),
-        ("chat", {"extra_body": {"guided_grammar": 'root ::= "a"'}}, "guided_grammar"),
         ("chat", {"n": 17}, "n"),
         ("completions", {"best_of": 3}, "best_of"),
         ("completions", {"echo": True, "logprobs": 1}, "echo"),
