@@ -84,6 +84,13 @@ def pytest_terminal_summary(terminalreporter, config):
         f"per model pod: {s.get('served_per_pod', {})}"
     )
     write(f"series scraped, by job: {s.get('series', {})}")
+    if s.get("live_status"):
+        ls = s["live_status"]
+        write(
+            f"status.serving under load: {ls['requestsPerSecond']} req/s (Prometheus "
+            f"{ls['prometheusRequestsPerSecond']}), {ls['outputTokensPerSecond']} tok/s, "
+            f"TTFT p95 {ls.get('ttftP95Seconds')} s, KV {ls.get('kvCachePercent')} %"
+        )
     if "isolation" in s:
         write(f"NetworkPolicy (selectors against the live pods; not enforced here): {s['isolation']}")
     if "tenants" in s:

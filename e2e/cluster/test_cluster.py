@@ -423,6 +423,7 @@ def test_autoscale(app):
         while time.time() - t_up < 15:  # both replicas serve for a while
             sample()
             time.sleep(2)
+        summary["live_status"] = live_status_under_load(c)
         served_under_load = load.ok
     t_stop = time.time()
     # One client streams without pause while a replica goes away: nothing it sends may be lost.
@@ -447,6 +448,34 @@ def test_autoscale(app):
     assert sum(1 for v in summary["served_per_pod"].values() if v > 0) >= 2, (
         f"the router spread the load over both model replicas: {summary['served_per_pod']}"
     )
+
+
+def live_status_under_load(c):
+    """The app's `status.serving` (the operator's copy of the router's last-minute figures) moves
+    under load and agrees with Prometheus's view of the same minute: requests per second within a
+    factor of 2 (the two windows are not aligned: the router reads every 5 s, the operator every
+    15 s and writes at most every 30 s; Prometheus scrapes every 5 s)."""
+
+    def agreeing():
+        serving = c.get("llmapp", APP, "-n", NS).get("status", {}).get("serving")
+        if not serving or serving["requestsPerSecond"] <= 0 or not serving.get("ttftP95Seconds"):
+            return None
+        prom = c.prometheus.series(f'sum(rate(llmserve_router_requests_total{{namespace="{NS}"}}[1m]))')
+        prom_rps = float(prom[0]["value"][1]) if prom else 0.0
+        if not 0.5 <= serving["requestsPerSecond"] / max(prom_rps, 1e-9) <= 2.0:
+            return None
+        return {**serving, "prometheusRequestsPerSecond": round(prom_rps, 2)}
+
+    figures = eventually("status.serving to move and agree with Prometheus", agreeing, 120, every=5)
+    model = figures["models"][0]
+    assert model["modelId"] == MODEL and model["readyReplicas"] >= 1 and figures["outputTokensPerSecond"] > 0, figures
+    table = c.kubectl("get", "llmapp", APP, "-n", NS)
+    log(
+        f"status.serving under load: {figures['requestsPerSecond']} req/s (Prometheus "
+        f"{figures['prometheusRequestsPerSecond']}), {figures['outputTokensPerSecond']} tok/s, TTFT p95 "
+        f"{figures['ttftP95Seconds']} s, KV {figures.get('kvCachePercent')} %\n{table}"
+    )
+    return figures
 
 
 def test_dashboards(app):

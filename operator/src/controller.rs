@@ -639,6 +639,8 @@ async fn update_status(
         return Ok(());
     }
     let api: Api<LlmApplication> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    // `serving` belongs to the live-status loop's field manager.
+    let next = LlmApplicationStatus { serving: None, ..next };
     let patch = json!({
         "apiVersion": format!("{}/v1alpha1", crate::crd::GROUP),
         "kind": "LlmApplication",

@@ -39,6 +39,14 @@ pub const MAX_MODELS: usize = 32;
     printcolumn = r#"{"name":"Replicas","type":"string","description":"ready/desired model replicas",
         "jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Auth","type":"string","description":"apiKeys or none","jsonPath":".status.auth"}"#,
+    printcolumn = r#"{"name":"RPS","type":"number","description":"requests per second, last minute",
+        "jsonPath":".status.serving.requestsPerSecond"}"#,
+    printcolumn = r#"{"name":"Tok/s","type":"number","description":"completion tokens per second, last minute",
+        "jsonPath":".status.serving.outputTokensPerSecond"}"#,
+    printcolumn = r#"{"name":"TTFT-P95","type":"number","description":"worst model's p95 time to first token (s)",
+        "jsonPath":".status.serving.ttftP95Seconds"}"#,
+    printcolumn = r#"{"name":"KV%","type":"integer","description":"worst model's KV-cache use",
+        "jsonPath":".status.serving.kvCachePercent"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // The name is part of every child's name (see `build::names`) and a label value.
     validation = Rule::new("size(self.metadata.name) <= 63").message(
@@ -417,7 +425,7 @@ pub struct ModelLoadingConfig {
 #[x_kube(validation = Rule::new("!(has(self.numReplicas) && has(self.autoscalingConfig))")
     .message("set either numReplicas or autoscalingConfig, not both"))]
 pub struct DeploymentConfig {
-    /// Autoscale between `minReplicas` and `maxReplicas` on ongoing requests per replica.
+    /// Autoscale between `minReplicas` and `maxReplicas` on a per-replica signal (`metric`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling_config: Option<AutoscalingConfig>,
 
@@ -427,9 +435,23 @@ pub struct DeploymentConfig {
     pub num_replicas: Option<i32>,
 }
 
-/// Ray Serve's autoscaling knobs, applied through an `autoscaling/v2` HPA.
+/// Ray Serve's autoscaling knobs, applied through an `autoscaling/v2` HPA on the per-replica
+/// signal `metric` names. Each signal but `ongoingRequests` has its own target, required when it is
+/// chosen and refused otherwise; `targetOngoingRequests` has a default and is ignored then.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.metric != 'waitingRequests' || has(self.targetWaitingRequests)")
+    .message("metric waitingRequests needs targetWaitingRequests").field_path(".targetWaitingRequests"))]
+#[x_kube(validation = Rule::new("!has(self.targetWaitingRequests) || self.metric == 'waitingRequests'")
+    .message("targetWaitingRequests is only for metric waitingRequests").field_path(".targetWaitingRequests"))]
+#[x_kube(validation = Rule::new("self.metric != 'kvCacheUsage' || has(self.targetKvCacheUsage)")
+    .message("metric kvCacheUsage needs targetKvCacheUsage").field_path(".targetKvCacheUsage"))]
+#[x_kube(validation = Rule::new("!has(self.targetKvCacheUsage) || self.metric == 'kvCacheUsage'")
+    .message("targetKvCacheUsage is only for metric kvCacheUsage").field_path(".targetKvCacheUsage"))]
+#[x_kube(validation = Rule::new("self.metric != 'ttftP95' || has(self.targetTtftP95Seconds)")
+    .message("metric ttftP95 needs targetTtftP95Seconds").field_path(".targetTtftP95Seconds"))]
+#[x_kube(validation = Rule::new("!has(self.targetTtftP95Seconds) || self.metric == 'ttftP95'")
+    .message("targetTtftP95Seconds is only for metric ttftP95").field_path(".targetTtftP95Seconds"))]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("minReplicas must be less than or equal to maxReplicas").field_path(".minReplicas"))]
 #[x_kube(validation = Rule::new("!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && \
@@ -446,11 +468,33 @@ pub struct AutoscalingConfig {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
 
-    /// Target running + waiting requests per replica.
+    /// The per-replica signal the HPA scales on.
+    #[serde(default)]
+    pub metric: AutoscalingMetric,
+
+    /// Target running + waiting requests per replica (metric `ongoingRequests`).
     #[serde(default = "default_target_ongoing")]
     #[x_kube(validation = Rule::new("self > 0.0").message("targetOngoingRequests must be greater than 0"))]
     #[schemars(range(max = 100000.0))]
     pub target_ongoing_requests: f64,
+
+    /// Target waiting (queued) requests per replica (metric `waitingRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("targetWaitingRequests must be greater than 0"))]
+    #[schemars(range(max = 100000.0))]
+    pub target_waiting_requests: Option<f64>,
+
+    /// Target fraction of KV-cache blocks in use per replica, in (0, 1] (metric `kvCacheUsage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
+        .message("targetKvCacheUsage must be greater than 0 and at most 1"))]
+    pub target_kv_cache_usage: Option<f64>,
+
+    /// Target time to first token, 95th percentile over the last minute, in seconds (metric `ttftP95`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("targetTtftP95Seconds must be greater than 0"))]
+    #[schemars(range(max = 3600.0))]
+    pub target_ttft_p95_seconds: Option<f64>,
 
     /// Replicas to start with; defaults to `minReplicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -483,12 +527,32 @@ impl Default for AutoscalingConfig {
         Self {
             min_replicas: 1,
             max_replicas: 1,
+            metric: AutoscalingMetric::default(),
             target_ongoing_requests: default_target_ongoing(),
+            target_waiting_requests: None,
+            target_kv_cache_usage: None,
+            target_ttft_p95_seconds: None,
             initial_replicas: None,
             upscale_delay_seconds: default_upscale_delay(),
             downscale_delay_seconds: default_downscale_delay(),
         }
     }
+}
+
+/// The per-replica signal an autoscaled model scales on; each is a custom metric the chart's
+/// prometheus-adapter rules serve from the engine's metrics.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AutoscalingMetric {
+    /// Running + waiting requests (Ray Serve's signal), target `targetOngoingRequests`.
+    #[default]
+    OngoingRequests,
+    /// Requests queued for a batch slot, target `targetWaitingRequests`.
+    WaitingRequests,
+    /// Fraction of KV-cache blocks in use, target `targetKvCacheUsage`.
+    KvCacheUsage,
+    /// Time to first token, 95th percentile over the last minute, target `targetTtftP95Seconds`.
+    TtftP95,
 }
 
 /// Engine settings; unknown keys are refused (the API server's strict field validation).
@@ -602,6 +666,59 @@ pub struct LlmApplicationStatus {
     /// Whether the router asks for API keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthStatus>,
+    /// Live serving figures from the router, over its last minute; written apart from the rest of
+    /// the status (field manager `llmserve-operator-live`), at most every 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<ServingStatus>,
+}
+
+/// The application's serving figures: the sums (or, for TTFT and KV cache, the worst) over its
+/// models, and each model's.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingStatus {
+    /// When the router was read (RFC 3339).
+    pub observed_at: String,
+    /// Requests answered per second.
+    pub requests_per_second: f64,
+    /// Completion tokens per second.
+    pub output_tokens_per_second: f64,
+    /// The highest 95th-percentile time to first token of the models, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_seconds: Option<f64>,
+    /// The highest KV-cache use of the models, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_percent: Option<i64>,
+    /// Per model.
+    #[serde(default)]
+    pub models: Vec<ModelServing>,
+}
+
+/// One model's serving figures.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelServing {
+    /// The model's `modelId`.
+    pub model_id: String,
+    /// Replicas the router sends to.
+    pub ready_replicas: i64,
+    /// Requests running in the engines.
+    pub running: i64,
+    /// Requests waiting in the engines' queues.
+    pub waiting: i64,
+    /// KV-cache use in percent, the mean over replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_percent: Option<i64>,
+    /// Requests answered per second.
+    pub requests_per_second: f64,
+    /// Completion tokens per second.
+    pub output_tokens_per_second: f64,
+    /// Median time to first token, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p50_seconds: Option<f64>,
+    /// 95th-percentile time to first token, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_seconds: Option<f64>,
 }
 
 /// What the router was configured to ask of clients.

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod leader;
+pub mod live;
 pub mod metrics;
 pub mod run;
 pub mod ssa;

@@ -16,6 +16,10 @@ pub const USAGE_INFO: &str = "llmserve_usage_info";
 pub const USAGE_STATS_ENABLED: &str = "llmserve_operator_usage_stats_enabled";
 /// Applications and models seen by the last usage collection.
 pub const USAGE_APPLICATIONS: &str = "llmserve_usage_applications";
+/// Reads of routers' `GET /status` by the live-status loop, by result.
+pub const LIVE_READS_TOTAL: &str = "llmserve_operator_live_reads_total";
+/// Writes of `status.serving`.
+pub const LIVE_WRITES_TOTAL: &str = "llmserve_operator_live_status_writes_total";
 
 /// Labels of [`USAGE_INFO`].
 pub const USAGE_LABELS: [&str; 5] = ["architecture", "accelerator_type", "tensor_parallel_size", "autoscaling", "lora"];
@@ -38,6 +42,10 @@ pub struct Metrics {
     pub usage_info: IntGaugeVec,
     /// See [`USAGE_APPLICATIONS`].
     pub usage_applications: IntGaugeVec,
+    /// See [`LIVE_READS_TOTAL`].
+    pub live_reads: IntCounterVec,
+    /// See [`LIVE_WRITES_TOTAL`].
+    pub live_writes: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -81,8 +89,21 @@ impl Metrics {
             Opts::new(USAGE_APPLICATIONS, "LlmApplications and models seen by the last usage collection."),
             &["kind"],
         )?;
+        let live_reads = IntCounterVec::new(
+            Opts::new(LIVE_READS_TOTAL, "Reads of routers' live figures (GET /status), by result."),
+            &["result"],
+        )?;
+        for result in ["ok", "unreachable", "bad_answer", "no_router"] {
+            live_reads.with_label_values(&[result]).reset();
+        }
+        let live_writes = prometheus::IntCounter::new(
+            LIVE_WRITES_TOTAL,
+            "Writes of status.serving (at most one per application per 30 s, only on a change).",
+        )?;
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(live_reads.clone()),
+            Box::new(live_writes.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(leader.clone()),
@@ -101,6 +122,8 @@ impl Metrics {
             usage_stats_enabled,
             usage_info,
             usage_applications,
+            live_reads,
+            live_writes,
         })
     }
 

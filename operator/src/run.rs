@@ -93,6 +93,16 @@ pub struct Args {
         value_parser = parse_labels
     )]
     pub metrics_pod_selector: Labels,
+    /// Read each application's router every 15 s and write its live serving figures into
+    /// `status.serving` (at most every 30 s, only when they moved).
+    #[arg(
+        long,
+        env = "LLMSERVE_LIVE_STATUS",
+        default_value = "true",
+        value_parser = parse_bool,
+        action = clap::ArgAction::Set
+    )]
+    pub live_status: bool,
     /// Log as JSON lines (the default) or human-readable text.
     #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
@@ -209,6 +219,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
+    if args.live_status {
+        tokio::spawn(crate::live::run(client.clone(), args.watch_namespace.clone(), metrics.clone()));
+    }
     metrics.usage_stats_enabled.set(i64::from(args.usage_stats));
     if args.usage_stats {
         let (client, ns, metrics, url) =

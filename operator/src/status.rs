@@ -204,5 +204,8 @@ pub fn next_status(
         models,
         router_url,
         auth,
+        // Written by the live-status loop under its own field manager; kept here only so that an
+        // unchanged status compares equal (the reconciler's patch leaves it out).
+        serving: prev.serving,
     }
 }

@@ -245,6 +245,55 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
             Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["targetOngoingRequests"] = json!(0)),
             "targetOngoingRequests",
         ),
+        (
+            "an unknown autoscaling metric",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("gpuUtilization")),
+            "autoscalingConfig.metric: Unsupported value",
+        ),
+        (
+            "waitingRequests without its target",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("waitingRequests")),
+            "metric waitingRequests needs targetWaitingRequests",
+        ),
+        (
+            "kvCacheUsage without its target",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("kvCacheUsage")),
+            "metric kvCacheUsage needs targetKvCacheUsage",
+        ),
+        (
+            "ttftP95 without its target",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("ttftP95")),
+            "metric ttftP95 needs targetTtftP95Seconds",
+        ),
+        (
+            "a target of another metric",
+            Box::new(|m| m["deploymentConfig"]["autoscalingConfig"]["targetKvCacheUsage"] = json!(0.8)),
+            "targetKvCacheUsage is only for metric kvCacheUsage",
+        ),
+        (
+            "a KV-cache target above 1",
+            Box::new(|m| {
+                m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("kvCacheUsage");
+                m["deploymentConfig"]["autoscalingConfig"]["targetKvCacheUsage"] = json!(1.5);
+            }),
+            "autoscalingConfig.targetKvCacheUsage: Invalid value",
+        ),
+        (
+            "a zero TTFT target",
+            Box::new(|m| {
+                m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("ttftP95");
+                m["deploymentConfig"]["autoscalingConfig"]["targetTtftP95Seconds"] = json!(0);
+            }),
+            "targetTtftP95Seconds must be greater than 0",
+        ),
+        (
+            "a zero waiting target",
+            Box::new(|m| {
+                m["deploymentConfig"]["autoscalingConfig"]["metric"] = json!("waitingRequests");
+                m["deploymentConfig"]["autoscalingConfig"]["targetWaitingRequests"] = json!(0);
+            }),
+            "targetWaitingRequests must be greater than 0",
+        ),
         ("bad accelerator", Box::new(|m| m["acceleratorType"] = json!("TPU-v5")), "acceleratorType"),
         ("zero maxNumSeqs", Box::new(|m| m["engineKwargs"] = json!({"maxNumSeqs": 0})), "engineKwargs.maxNumSeqs"),
         ("bad modelSource", Box::new(|m| m["modelLoadingConfig"]["modelSource"] = json!("s3 bucket")), "modelSource"),
@@ -344,6 +393,23 @@ async fn the_api_server_refuses_invalid_specs_naming_the_field() {
     }
     let apps: Api<LlmApplication> = Api::namespaced(client.clone(), ns);
     assert!(apps.get_opt("bad").await.unwrap().is_none(), "nothing was stored");
+    // Each autoscaling metric with its target is stored, and the API server takes the HPA built from it.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let metrics = [
+        json!({"maxReplicas": 2}),
+        json!({"maxReplicas": 2, "metric": "waitingRequests", "targetWaitingRequests": 0.5}),
+        json!({"maxReplicas": 2, "metric": "kvCacheUsage", "targetKvCacheUsage": 1}),
+        json!({"maxReplicas": 2, "metric": "ttftP95", "targetTtftP95Seconds": 0.75}),
+    ];
+    for (i, auto) in metrics.into_iter().enumerate() {
+        let mut app = fixture("ray-example.yaml", &format!("metric-{i}"));
+        app["spec"]["models"][0]["deploymentConfig"]["autoscalingConfig"] = auto.clone();
+        let stored = apply_app(&client, ns, &app).await.unwrap_or_else(|e| panic!("{auto}: {e}"));
+        let hpa = llmserve_operator::build::hpa(&stored, &stored.spec.models[0]).unwrap();
+        hpas.create(&kube::api::PostParams { dry_run: true, ..Default::default() }, &hpa)
+            .await
+            .unwrap_or_else(|e| panic!("{auto}: the HPA is refused: {e}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,53 @@ fn full_fixture_engine_kwargs_pvc_and_overrides() {
     assert_eq!(build::router_url(&app), "http://full-router.team-a.svc:8000/llm");
 }
 
+#[test]
+fn each_autoscaling_metric_becomes_its_pods_metric_and_target() {
+    let cases = [
+        ("{}", "llmserve_ongoing_requests", "2"),
+        ("{metric: ongoingRequests, targetOngoingRequests: 3.5}", "llmserve_ongoing_requests", "3500m"),
+        ("{metric: waitingRequests, targetWaitingRequests: 4}", "llmserve_waiting_requests", "4"),
+        ("{metric: kvCacheUsage, targetKvCacheUsage: 0.8}", "llmserve_kv_cache_usage", "800m"),
+        ("{metric: ttftP95, targetTtftP95Seconds: 0.25}", "llmserve_ttft_p95_seconds", "250m"),
+        // Only an object stored before the CRD's rules lacks its target: a documented fallback.
+        ("{metric: kvCacheUsage}", "llmserve_kv_cache_usage", "800m"),
+    ];
+    for (config, name, target) in cases {
+        let mut app = fixture("ray-example.yaml");
+        let mut auto: serde_yaml::Mapping = serde_yaml::from_str(config).unwrap();
+        auto.insert("maxReplicas".into(), 4.into());
+        auto.insert("upscaleDelaySeconds".into(), 5.into());
+        auto.insert("downscaleDelaySeconds".into(), 90.into());
+        let dc = app.spec.models[0].deployment_config.as_mut().unwrap();
+        dc.autoscaling_config = Some(serde_yaml::from_value(auto.into()).unwrap());
+        let hs = build::hpa(&app, &app.spec.models[0]).unwrap().spec.unwrap();
+        let metrics = hs.metrics.unwrap();
+        assert_eq!(metrics.len(), 1, "{config}");
+        let pods = metrics[0].pods.as_ref().unwrap();
+        assert_eq!((metrics[0].type_.as_str(), pods.metric.name.as_str()), ("Pods", name), "{config}");
+        assert_eq!(pods.target.type_, "AverageValue", "{config}: a per-replica average");
+        assert_eq!(pods.target.average_value.as_ref().unwrap().0, target, "{config}");
+        assert_eq!((hs.min_replicas, hs.max_replicas), (Some(1), 4), "{config}");
+        let b = hs.behavior.unwrap();
+        assert_eq!(b.scale_up.unwrap().stabilization_window_seconds, Some(5), "{config}");
+        assert_eq!(b.scale_down.unwrap().stabilization_window_seconds, Some(90), "{config}");
+    }
+    // Every name the HPA asks for is one the chart's prometheus-adapter rules serve.
+    let path = format!("{}/../charts/llmserve/prometheus-adapter-values.yaml", env!("CARGO_MANIFEST_DIR"));
+    let values: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let served: Vec<&str> =
+        values["rules"]["custom"].as_sequence().unwrap().iter().map(|r| r["name"]["as"].as_str().unwrap()).collect();
+    assert_eq!(
+        served,
+        [
+            build::ONGOING_REQUESTS_METRIC,
+            build::WAITING_REQUESTS_METRIC,
+            build::KV_CACHE_USAGE_METRIC,
+            build::TTFT_P95_METRIC
+        ]
+    );
+}
+
 // === the router's routing and auth settings ===
 
 #[test]

@@ -138,7 +138,7 @@ def test_the_render_is_locked_down():
     rule = d[("PrometheusRule", "llmserve")]
     assert [r["alert"] for r in rule["spec"]["groups"][0]["rules"]] == re.findall(r"- alert: (\w+)", RULES.read_text())
     adapter = yaml.safe_load(d[("ConfigMap", "llmserve-prometheus-adapter")]["data"]["config.yaml"])
-    assert adapter["rules"][0]["name"]["as"] == "llmserve_ongoing_requests"
+    assert [r["name"]["as"] for r in adapter["rules"]] == list(adapter_rules()), "the ConfigMap holds every rule"
 
 
 # === against the real API server ===
@@ -461,14 +461,25 @@ def test_rbac_watching_one_namespace_is_a_role_there(cluster):
 # === the prometheus-adapter rule ===
 
 
+def adapter_rules():
+    """{metric name the adapter serves: its rule}, from the values the chart ships."""
+    rules = yaml.safe_load((CHART / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"]
+    return {r["name"]["as"]: r for r in rules}
+
+
 def adapter_query(rule, namespace, pods):
     """The query prometheus-adapter sends for the pods of one HPA (its template, filled in)."""
     matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
     return rule["metricsQuery"].replace("<<.GroupBy>>", "pod").replace("<<.LabelMatchers>>", matchers)
 
 
+def per_pod(prom, expr, at):
+    """{pod: value} of an instant query."""
+    return {r["metric"]["pod"]: float(r["value"][1]) for r in prom.query(expr, at=at)["data"]["result"]}
+
+
 def test_adapter_rule_serves_running_plus_waiting_per_pod():
-    rule = yaml.safe_load((CHART / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"][0]
+    rule = adapter_rules()["llmserve_ongoing_requests"]
     with ExitStack() as stack:
         # Two replicas of one model, one busy (1 running, 4 waiting) and one with engine metrics
         # off: the rule must give the first running + waiting, the second its requests in flight.
@@ -525,3 +536,78 @@ def test_adapter_rule_serves_running_plus_waiting_per_pod():
         )
         assert got == {"shop-m-0": want_busy, "shop-m-1": want_plain}
         assert want_busy == 5.0 and want_plain == 3.0, "every request was ongoing when measured"
+
+
+def quantile_of_buckets(q, buckets):
+    """Prometheus's histogram_quantile of classic buckets {upper bound: cumulative count}."""
+    bounds = sorted(buckets)
+    total = buckets[float("inf")]
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    i = next(i for i, b in enumerate(bounds) if buckets[b] >= rank)
+    if bounds[i] == float("inf"):
+        return bounds[-2]
+    start, below = (0.0, 0.0) if i == 0 else (bounds[i - 1], buckets[bounds[i - 1]])
+    return start + (bounds[i] - start) * (rank - below) / (buckets[bounds[i]] - below)
+
+
+def test_adapter_rules_serve_waiting_kv_cache_and_ttft_per_pod():
+    rules = adapter_rules()
+    pods = ["shop-m-0", "shop-m-1", "shop-m-2"]
+    with ExitStack() as stack:
+        # One busy replica (short requests answered, then 1 running + 3 waiting), one idle, one with
+        # engine metrics off: each rule must give the busy and the idle replica what their raw
+        # series say, and the replica without engine metrics nothing (rather than a made-up 0).
+        busy = stack.enter_context(procs.server("busy", "--max-num-seqs", "1", served_model_name="m"))
+        idle = stack.enter_context(procs.server("idle", served_model_name="m"))
+        plain = stack.enter_context(procs.server("plain", "--disable-engine-metrics", served_model_name="m"))
+        common = {"namespace": "team-a", "llmserve_app": "shop"}
+        prom = stack.enter_context(
+            Prometheus(
+                [
+                    (name, srv.url, {**common, "pod": pod})
+                    for name, srv, pod in zip(["busy", "idle", "plain"], [busy, idle, plain], pods, strict=True)
+                ]
+            )
+        )
+        for rule in rules.values():
+            assert sorted(prom.label_values("pod", rule["seriesQuery"])) == pods, rule["name"]["as"]
+
+        async def measure():
+            async with httpx.AsyncClient(timeout=120) as c:
+                short = {"model": "m", "prompt": "Once upon a time", "max_tokens": 4}
+                for _ in range(12):  # one at a time: first tokens spread over a few buckets
+                    r = await c.post(f"{busy.url}/v1/completions", json=short)
+                    assert r.status_code == 200, r.text
+                long = {**short, "max_tokens": 500, "ignore_eos": True}
+                task = asyncio.gather(*(c.post(f"{busy.url}/v1/completions", json=long) for _ in range(4)))
+                await asyncio.sleep(2.5)  # a few scrapes while one request runs and three wait
+                t = time.time() - 0.2
+                got = {name: per_pod(prom, adapter_query(rule, "team-a", pods), t) for name, rule in rules.items()}
+                raw = {
+                    "waiting": per_pod(prom, 'vllm:num_requests_waiting{namespace="team-a"}', t),
+                    "kv": per_pod(prom, 'vllm:kv_cache_usage_perc{namespace="team-a"}', t),
+                }
+                buckets = prom.query('vllm:time_to_first_token_seconds_bucket{pod="shop-m-0"}', at=t)
+                await task
+                return got, raw, buckets, t
+
+        got, raw, buckets, t = asyncio.run(measure())
+        counts = {float(r["metric"]["le"]): float(r["value"][1]) for r in buckets["data"]["result"]}
+        want_ttft = quantile_of_buckets(0.95, counts)
+        print(
+            f"\nat {t:.1f}: {got}; raw waiting {raw['waiting']}, KV cache {raw['kv']}; "
+            f"TTFT p95 from the buckets of shop-m-0 ({counts[float('inf')]:.0f} requests): {want_ttft}"
+        )
+        assert raw["waiting"]["shop-m-0"] == 3.0 and raw["kv"]["shop-m-0"] > 0, "one request ran and three waited"
+        assert set(raw["waiting"]) == set(raw["kv"]) == {"shop-m-0", "shop-m-1"}, "engine metrics of two pods"
+        assert got["llmserve_waiting_requests"] == raw["waiting"]
+        assert got["llmserve_kv_cache_usage"] == raw["kv"]
+        # The servers started within the last minute, so the 1m rate covers every first token
+        # since the start, and its quantile is that of the raw cumulative buckets.
+        assert counts[float("inf")] == 13.0, "every short request and the running long one observed once"
+        ttft = got["llmserve_ttft_p95_seconds"]
+        assert set(ttft) == {"shop-m-0", "shop-m-1"}, "no value without engine metrics"
+        assert want_ttft > 0 and ttft["shop-m-0"] == pytest.approx(want_ttft, rel=1e-9)
+        assert ttft["shop-m-1"] == 0.0, "a replica that served nothing counts as no latency, not NaN"

@@ -23,7 +23,10 @@ use crate::crd::{DEFAULT_IMAGE, LlmApplication, ModelConfig};
 
 pub use deployment::deployment;
 pub use deployment::{TMP_SIZE_LIMIT, empty_dir};
-pub use hpa::{hpa, quantity_from_f64};
+pub use hpa::{
+    KV_CACHE_USAGE_METRIC, ONGOING_REQUESTS_METRIC, TTFT_P95_METRIC, WAITING_REQUESTS_METRIC, hpa, quantity_from_f64,
+    signal,
+};
 pub use names::{
     MAX_NAME_LEN, is_dns_1035_label, is_label_value, label_value, model_object_name, models_name, router_name, slug,
 };

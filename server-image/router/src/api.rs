@@ -47,7 +47,13 @@ pub struct AppState {
     pub tenants: Arc<Tenants>,
     /// Set on SIGTERM: `/health` answers 503 while requests are still served.
     pub draining: Arc<AtomicBool>,
+    /// The live figures `GET /status` answers.
+    pub live: Arc<crate::live::Live>,
 }
+
+/// Live serving figures per model over the last minute (what the operator puts in the
+/// application's status).
+pub const STATUS: &str = "/status";
 
 /// The router's routes; `prefix` is normalized (`""` or `/name`).
 pub fn app(state: AppState, prefix: &str) -> Router {
@@ -71,8 +77,13 @@ pub fn app(state: AppState, prefix: &str) -> Router {
     routes
         .route(HEALTH, get(health))
         .route(METRICS, get(metrics))
+        .route(STATUS, get(status))
         .fallback(|| async { ApiError::no_route() })
         .with_state(state)
+}
+
+async fn status(State(state): State<AppState>) -> Json<crate::live::Snapshot> {
+    Json(state.live.snapshot())
 }
 
 fn card(state: &AppState, model: &str) -> Value {
@@ -97,11 +108,12 @@ async fn one(State(state): State<AppState>, Path(model): Path<String>) -> Result
     }
 }
 
-/// `/metrics` and `/health` alone, for `--metrics-port`.
+/// `/metrics`, `/health` and `/status` alone, for `--metrics-port`.
 pub fn side_app(state: AppState) -> Router {
     Router::new()
         .route(HEALTH, get(health))
         .route(METRICS, get(metrics))
+        .route(STATUS, get(status))
         .fallback(|| async { ApiError::no_route() })
         .with_state(state)
 }

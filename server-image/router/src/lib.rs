@@ -11,6 +11,7 @@ pub mod api;
 pub mod args;
 pub mod backends;
 pub mod discovery;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

@@ -138,6 +138,8 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         let every = seconds("health-check-interval-seconds", args.health_check_interval_seconds)?;
         tokio::spawn(health_checks(pool.clone(), client.clone(), metrics.clone(), every));
     }
+    let live = Arc::new(crate::live::Live::default());
+    tokio::spawn(crate::live::run(live.clone(), pool.clone(), client.clone(), registry.clone()));
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok(AppState {
         pool,
@@ -154,6 +156,7 @@ pub async fn state(args: &Args) -> anyhow::Result<AppState> {
         created,
         tenants,
         draining: Arc::new(AtomicBool::new(false)),
+        live,
     })
 }
 

@@ -744,3 +744,51 @@ async fn api_keys_and_tenant_limits() {
     .await;
     assert!(gone.is_some(), "a removed key kept working");
 }
+
+/// `GET /status`: the live figures the operator puts in the application's status, from real
+/// replicas: requests and tokens per second over the last minute, TTFT quantiles from the
+/// engines' histograms, the engines' gauges; also on the metrics port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_live_figures_per_model() {
+    let alpha = Server::start("alpha", &[]);
+    let side = free_port();
+    let mut args = backend("alpha", &alpha.url).to_vec();
+    args.extend(["--metrics-port".to_string(), side.to_string()]);
+    let r = router(&args, &[]);
+    let status = |base: String| async move {
+        reqwest::get(format!("{base}/status")).await.unwrap().json::<Value>().await.unwrap()
+    };
+    let idle = status(r.url.clone()).await;
+    assert_eq!(idle["windowSeconds"], 60, "{idle}");
+    // The first reading comes at once; a rate needs two, five seconds apart.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut tokens = 0;
+    for _ in 0..6 {
+        let (code, _, body) = post(&format!("{}/v1/completions", r.url), completion("alpha", 8)).await;
+        assert_eq!(code, 200, "{body}");
+        tokens += body["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let figures = loop {
+        let s = status(r.url.clone()).await;
+        let m = s["models"][0].clone();
+        if m["requestsPerSecond"].as_f64().unwrap_or(0.0) > 0.0 && m["ttftSecondsP95"].is_number() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no live figures: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(figures["model"], "alpha");
+    assert_eq!(figures["readyReplicas"], 1);
+    // Six requests, and their tokens, within at most the window's first 20 s or so.
+    let rps = figures["requestsPerSecond"].as_f64().unwrap();
+    assert!(rps > 6.0 / 60.0 && rps <= 6.0 / 4.0, "{figures}");
+    let tps = figures["outputTokensPerSecond"].as_f64().unwrap();
+    assert!((tps / rps - tokens as f64 / 6.0).abs() < 1e-6, "tokens per request as sent: {figures}");
+    let (p50, p95) = (figures["ttftSecondsP50"].as_f64().unwrap(), figures["ttftSecondsP95"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p95 && p95 < 5.0, "{figures}");
+    assert_eq!(figures["running"], 0.0, "nothing runs after the answers: {figures}");
+    assert!(figures["kvCacheUsage"].is_number(), "{figures}");
+    let on_side = status(format!("http://127.0.0.1:{side}")).await;
+    assert_eq!(on_side["models"][0]["model"], "alpha", "{on_side}");
+}
