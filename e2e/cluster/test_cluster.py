@@ -16,10 +16,12 @@ isolation (the app's NetworkPolicy against the live pods: only the app's router 
 API port, only Prometheus their metrics port; nothing enforces NetworkPolicies on this machine, so
 that is not tested); scrape (Prometheus scrapes every pod through the
 ServiceMonitors the operator made, and evaluates the alert rules); autoscale (load above
-targetOngoingRequests scales the HPA 1 -> 2, and back after the load ends); dashboards (every
-dashboard query runs against this Prometheus); engine metrics off (logEngineMetrics: false stops
-the engine series while the service-level ones go on); delete (deleting the app removes
-everything it owned). On a failure, the app's objects and Events are printed with the summary.
+targetOngoingRequests scales the HPA 1 -> 2, and back after the load ends; status.serving moves
+and agrees with Prometheus); autoscale on new signals (metric ttftP95, then kvCacheUsage, scale
+1 -> 2); dashboards (every dashboard query runs against this Prometheus); engine metrics off
+(logEngineMetrics: false stops the engine series while the service-level ones go on); delete
+(deleting the app removes everything it owned). On a failure, the app's objects and Events are
+printed with the summary.
 """
 
 import json
@@ -476,6 +478,63 @@ def live_status_under_load(c):
         f"{figures['ttftP95Seconds']} s, KV {figures.get('kvCachePercent')} %\n{table}"
     )
     return figures
+
+
+def test_autoscale_on_new_signals(app):
+    """The HPA follows the signal the spec chooses: with `metric: ttftP95`, then `metric:
+    kvCacheUsage`, each with a target the load exceeds, the HPA reads that metric from
+    prometheus-adapter (the chart's rules) and scales 1 -> 2; idle, TTFT p95 reads 0 and the model
+    goes back to 1. The spec returns to ongoingRequests at the end, and the model to one replica."""
+    c, summary = app.c, app.summary
+    hpa_name = f"{APP}--{MODEL}"
+    seen = {}
+
+    def use(metric, target=None):
+        # A merge patch replaces the models list whole: the autoscaling config is exactly the
+        # original one (ongoingRequests) plus the chosen metric and its target.
+        config = {"metric": metric, **(target or {})} if metric != "ongoingRequests" else {}
+        patch = {
+            "spec": {"models": [{**spec_model, "deploymentConfig": {"autoscalingConfig": {**autoscaling, **config}}}]}
+        }
+        c.kubectl("patch", "llmapp", APP, "-n", NS, "--type", "merge", "-p", json.dumps(patch))
+
+    spec = c.get("llmapp", APP, "-n", NS)["spec"]
+    spec_model = spec["models"][0]
+    autoscaling = spec_model["deploymentConfig"]["autoscalingConfig"]
+
+    def scaled_on(name):
+        h = c.get("hpa", hpa_name, "-n", NS)
+        metrics = h.get("status", {}).get("currentMetrics") or []
+        current = [
+            m["pods"]["current"]["averageValue"]
+            for m in metrics
+            if m.get("pods", {}).get("metric", {}).get("name") == name
+        ]
+        if current and h["status"].get("desiredReplicas") == 2 and sum(ready(p) for p in model_pods(c)) == 2:
+            return current[0]
+        return None
+
+    def back_to_one():
+        h = c.get("hpa", hpa_name, "-n", NS)
+        return h["status"].get("currentReplicas") == 1 and len(model_pods(c)) == 1
+
+    for metric, target, name in [
+        ("ttftP95", {"targetTtftP95Seconds": 0.001}, "llmserve_ttft_p95_seconds"),
+        ("kvCacheUsage", {"targetKvCacheUsage": 0.001}, "llmserve_kv_cache_usage"),
+    ]:
+        use(metric, target)
+        t0 = time.time()
+        with Load(app.base + "/v1/completions", clients=4, auth=app.auth):
+            value = eventually(f"the HPA to scale to 2 on {name}", lambda n=name: scaled_on(n), 180, every=3)
+        seen[metric] = {"value": value, "scaled_up_s": round(time.time() - t0, 1)}
+        log(f"HPA on {metric}: {name} = {value} per pod, 2 replicas after {seen[metric]['scaled_up_s']} s")
+        if metric == "ttftP95":
+            # Idle, the adapter reports TTFT p95 0 (no request in the window): back to 1.
+            eventually("the HPA to scale back to 1 on an idle TTFT", back_to_one, 240, every=3)
+    use("ongoingRequests")
+    # Idle on ongoingRequests: back to one replica, so the rollout below starts from where it did.
+    eventually("the HPA to scale back to 1 on ongoingRequests", back_to_one, 240, every=3)
+    summary["new_signals"] = seen
 
 
 def test_dashboards(app):

@@ -208,8 +208,8 @@ pub struct RouterConfig {
     #[schemars(range(min = 1, max = 1_000_000))]
     pub prefix_chars: Option<i32>,
 
-    /// `prefixHash`/`kvAware`: no replica takes more than this times the mean number of requests
-    /// in flight (`--load-factor`); unset: 1.25.
+    /// `prefixHash`/`kvAware`: no replica takes more than the ceiling of this times the mean
+    /// number of requests in flight, plus one (`--load-factor`); unset: 1.25.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub load_factor: Option<f64>,

@@ -10,13 +10,15 @@ turn makes its conversation's next turn ready, so one client's consecutive reque
 different conversations, as at a busy service. Every request streams, so TTFT is measured at the
 client (first content chunk).
 
-With `--kv-cache-bytes`, every replica's KV cache is that size, and the prefix cache is what of it
-no running request holds, evicted least recently freed first. Sized so that the workload's working
-set (its distinct prompt tokens: each conversation's last prompt) fits the fleet's caches together
-but not one replica's, `leastOutstanding`, which spreads each conversation over every replica,
-evicts prefixes before their next turn, while `prefixHash` keeps each conversation's blocks on one
-replica. The script prints both sizes. Without it the replicas keep their default cache (256 MiB,
-about 210,000 tokens of stories260k), which never fills here.
+With `--kv-cache-bytes`, every replica's KV cache is that size; the prefix cache is the part no
+running request holds, evicted least recently freed first, so a smaller cache remembers fewer
+turns back. `leastOutstanding` spreads a conversation's turns over every replica and hits only
+when the one a turn lands on still holds some earlier turn; `prefixHash` sends every turn to the
+replica that served the one before, which needs to remember only that one. The script prints
+the cache per replica and the workload's working set (its distinct prompt tokens: each
+conversation's last prompt, since every turn's prompt extends the one before). Without the flag
+the replicas keep the server's default (256 MiB on CPU, about 210,000 tokens of stories260k),
+which this workload never fills.
 
 Reported per policy: the fleet's prefix-cache hit rate (sum of `vllm:prefix_cache_hits_total` over
 sum of `vllm:prefix_cache_queries_total` across replicas), TTFT p50 and p99, throughput (requests
@@ -26,7 +28,7 @@ From the repository root:
 
     cargo build --release -p llmserve-server -p llmserve-router
     PYTHONPATH=tests ~/.cache/llmserve/venv/bin/python -m bench.routing [--conversations 240] \
-        [--load-factor 1.25] [--kv-cache-bytes 50331648]
+        [--load-factor 1.25] [--kv-cache-bytes 41943040]
 """
 
 import argparse

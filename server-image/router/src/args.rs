@@ -85,8 +85,9 @@ pub struct Args {
     /// `role: content` lines, that make the prefix key.
     #[arg(long, env = "LLMSERVE_ROUTER_PREFIX_CHARS", default_value_t = 1024)]
     pub prefix_chars: usize,
-    /// `prefixHash`/`kvAware`: no replica takes more than this times the mean number of requests
-    /// in flight (`1 + epsilon` of consistent hashing with bounded loads); at least 1.
+    /// `prefixHash`/`kvAware`: no replica takes more than the ceiling of this times the mean
+    /// number of requests in flight, plus one (`1 + epsilon` of consistent hashing with bounded
+    /// loads); at least 1.
     #[arg(long, env = "LLMSERVE_ROUTER_LOAD_FACTOR", default_value_t = 1.25)]
     pub load_factor: f64,
     /// `kvAware`: seconds between reads of each replica's `/metrics`; figures older than three

@@ -620,7 +620,7 @@ async fn prefix_hash_keeps_a_prefix_on_one_replica_spills_over_and_moves_on_ejec
         |reason: &str| format!(r#"llmserve_router_picks_total{{model="alpha",policy="prefixHash",reason="{reason}"}}"#);
     assert_eq!(sample(&r.url, &picks("affinity")).await, Some(6.0));
 
-    // Six long streams at once on the same prefix: the bound (1.25 x the mean) caps the home.
+    // Six long streams at once on the same prefix: the bound (ceil(1.25 x the mean) + 1) caps the home.
     let mut long = body.clone();
     long["max_tokens"] = 200.into();
     long["ignore_eos"] = true.into();
@@ -629,7 +629,7 @@ async fn prefix_hash_keeps_a_prefix_on_one_replica_spills_over_and_moves_on_ejec
     assert!(all.iter().all(|(s, _, _)| *s == 200));
     let after = answered(&refs).await;
     let took: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert!(took[home] >= 1.0 && took[home] <= 3.0, "the home replica took {took:?}");
+    assert!(took[home] >= 1.0 && took[home] <= 4.0, "the home replica took {took:?}");
     assert!(sample(&r.url, &picks("overflow")).await.unwrap_or(0.0) >= 1.0, "the hot prefix spilled over");
 
     // The home replica goes away: the prefix moves to one other replica, and stays there.
