@@ -91,6 +91,11 @@ def pytest_terminal_summary(terminalreporter, config):
             f"{ls['prometheusRequestsPerSecond']}), {ls['outputTokensPerSecond']} tok/s, "
             f"TTFT p95 {ls.get('ttftP95Seconds')} s, KV {ls.get('kvCachePercent')} %"
         )
+    for metric, got in (s.get("new_signals") or {}).items():
+        write(
+            f"HPA on {metric}: {got['value']} per pod, 2 replicas after {got['scaled_up_s']} s; "
+            f"lastScale: {got.get('lastScale')}"
+        )
     if "isolation" in s:
         write(f"NetworkPolicy (selectors against the live pods; not enforced here): {s['isolation']}")
     if "tenants" in s:

@@ -484,7 +484,8 @@ def test_autoscale_on_new_signals(app):
     """The HPA follows the signal the spec chooses: with `metric: ttftP95`, then `metric:
     kvCacheUsage`, each with a target the load exceeds, the HPA reads that metric from
     prometheus-adapter (the chart's rules) and scales 1 -> 2; idle, TTFT p95 reads 0 and the model
-    goes back to 1. The spec returns to ongoingRequests at the end, and the model to one replica."""
+    goes back to 1; each scale-up is the model's `status.models[].lastScale`, naming the metric.
+    The spec returns to ongoingRequests at the end, and the model to one replica."""
     c, summary = app.c, app.summary
     hpa_name = f"{APP}--{MODEL}"
     seen = {}
@@ -527,6 +528,13 @@ def test_autoscale_on_new_signals(app):
         with Load(app.base + "/v1/completions", clients=4, auth=app.auth):
             value = eventually(f"the HPA to scale to 2 on {name}", lambda n=name: scaled_on(n), 180, every=3)
         seen[metric] = {"value": value, "scaled_up_s": round(time.time() - t0, 1)}
+
+        def scale_event(n=name):
+            models = c.get("llmapp", APP, "-n", NS).get("status", {}).get("models") or [{}]
+            event = models[0].get("lastScale") or {}
+            return event if event.get("to") == 2 and n in event.get("reason", "") else None
+
+        seen[metric]["lastScale"] = eventually(f"status.models[0].lastScale to say 2 on {name}", scale_event, 60)
         log(f"HPA on {metric}: {name} = {value} per pod, 2 replicas after {seen[metric]['scaled_up_s']} s")
         if metric == "ttftP95":
             # Idle, the adapter reports TTFT p95 0 (no request in the window): back to 1.

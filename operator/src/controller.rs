@@ -329,7 +329,12 @@ async fn reconcile_inner(app: &LlmApplication, ctx: &Context) -> Result<Outcome>
     });
     let models = applied.models.iter().map(|(id, d)| status::model_status(id, d)).collect();
     let previously_monitored = condition_status(app, types::MONITORED);
-    let observed = status::Observed { models, router_url: build::router_url(app), auth: app.spec.auth_status() };
+    let observed = status::Observed {
+        models,
+        scale_reasons: applied.scale_reasons.clone(),
+        router_url: build::router_url(app),
+        auth: app.spec.auth_status(),
+    };
     update_status(ctx, app, &conds, app.metadata.generation, Some(observed)).await?;
     ctx.settle(app);
     if new_generation {
@@ -360,6 +365,8 @@ fn condition_status(app: &LlmApplication, type_: &str) -> Option<String> {
 /// What the API server reported back for the applied Deployments.
 struct Applied {
     models: Vec<(String, Deployment)>,
+    /// Why each model has its replica count ([`status::scale_reason`]), in the order of `models`.
+    scale_reasons: Vec<String>,
     router: Deployment,
 }
 
@@ -387,6 +394,7 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
             .map_err(failed("NetworkPolicy", &models_name))?;
     }
     let mut models = Vec::with_capacity(desired.models.len());
+    let mut scale_reasons = Vec::with_capacity(desired.models.len());
     for (model, dep, svc, hpa, sm) in &desired.models {
         let name = dep.name_any();
         let initial = model.autoscaling().map(|a| a.initial_replicas.unwrap_or(a.min_replicas)).unwrap_or(1);
@@ -404,9 +412,13 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
                 .map_err(failed("Deployment", &name))?;
         }
         services.patch(&name, &pp, &ssa::patch(svc)?).await.map_err(failed("Service", &name))?;
-        if let Some(hpa) = hpa {
-            hpas.patch(&name, &pp, &ssa::patch(hpa)?).await.map_err(failed("HorizontalPodAutoscaler", &name))?;
-        }
+        let live_hpa = match hpa {
+            Some(hpa) => Some(
+                hpas.patch(&name, &pp, &ssa::patch(hpa)?).await.map_err(failed("HorizontalPodAutoscaler", &name))?,
+            ),
+            None => None,
+        };
+        scale_reasons.push(status::scale_reason(live_hpa.as_ref()));
         if wanted.monitors {
             sms.patch(&name, &pp, &ssa::patch(sm)?).await.map_err(failed("ServiceMonitor", &name))?;
         }
@@ -440,7 +452,7 @@ async fn apply(ctx: &Context, app: &LlmApplication, desired: &Desired, wanted: W
             .await
             .map_err(failed("PrometheusRule", &rule_name))?;
     }
-    Ok(Applied { models, router })
+    Ok(Applied { models, scale_reasons, router })
 }
 
 /// Refuses to take over an existing object of any kind this application writes but does not

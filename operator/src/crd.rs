@@ -743,6 +743,23 @@ pub struct ModelStatus {
     pub ready_replicas: i32,
     /// Pods wanted now (the HPA's choice when autoscaling).
     pub desired_replicas: i32,
+    /// The last change of `desiredReplicas` the operator saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale: Option<ScaleEvent>,
+}
+
+/// A change of a model's desired replica count.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleEvent {
+    /// When the operator saw it (RFC 3339).
+    pub time: String,
+    /// Desired replicas before.
+    pub from: i32,
+    /// Desired replicas after.
+    pub to: i32,
+    /// Why: the HPA's metric against its target, or the spec's replica count.
+    pub reason: String,
 }
 
 /// Conditions as a list-map keyed by `type`, so server-side apply merges them per type.

@@ -1,9 +1,10 @@
 //! Status: conditions as constants, derived from what the applied objects report.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{AuthStatus, LlmApplicationStatus, ModelStatus};
+use crate::crd::{AuthStatus, LlmApplicationStatus, ModelStatus, ScaleEvent};
 
 /// Condition types.
 pub mod types {
@@ -98,6 +99,33 @@ pub fn model_status(model_id: &str, d: &Deployment) -> ModelStatus {
         replicas: s.replicas.unwrap_or(0),
         ready_replicas: s.ready_replicas.unwrap_or(0),
         desired_replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        last_scale: None,
+    }
+}
+
+/// Why a model has the replica count it has: its HPA's metrics against their targets, as the HPA
+/// last reported them, or the spec's fixed count.
+pub fn scale_reason(hpa: Option<&HorizontalPodAutoscaler>) -> String {
+    let Some(hpa) = hpa else { return "spec: numReplicas".into() };
+    let targets = hpa.spec.as_ref().and_then(|s| s.metrics.clone()).unwrap_or_default();
+    let current = hpa.status.as_ref().and_then(|s| s.current_metrics.clone()).unwrap_or_default();
+    let mut parts = Vec::new();
+    for m in &current {
+        let Some(pods) = &m.pods else { continue };
+        let name = &pods.metric.name;
+        let value = pods.current.average_value.as_ref().map_or("?", |q| q.0.as_str());
+        let target = targets
+            .iter()
+            .filter_map(|t| t.pods.as_ref())
+            .find(|t| t.metric.name == *name)
+            .and_then(|t| t.target.average_value.as_ref())
+            .map_or("?", |q| q.0.as_str());
+        parts.push(format!("{name} {value} per pod, target {target}"));
+    }
+    if parts.is_empty() {
+        "HorizontalPodAutoscaler (no metric reported yet)".into()
+    } else {
+        format!("HorizontalPodAutoscaler: {}", parts.join("; "))
     }
 }
 
@@ -177,10 +205,49 @@ pub fn replicas_summary(models: &[ModelStatus]) -> String {
 pub struct Observed {
     /// Per-model replica counts.
     pub models: Vec<ModelStatus>,
+    /// Why each model (in the order of `models`) has its desired count ([`scale_reason`]).
+    pub scale_reasons: Vec<String>,
     /// The router's in-cluster base URL.
     pub router_url: String,
     /// Whether the router was configured to ask for API keys.
     pub auth: AuthStatus,
+}
+
+/// How long after a scale event its reason still follows the HPA's status: the HPA scales the
+/// Deployment first and reports the metrics it decided on a moment later.
+pub const SCALE_REASON_SETTLES_SECONDS: i64 = 30;
+
+/// `models` with their last scale events: a new one where the desired count differs from the
+/// previous status's, else the previous event (its reason refreshed while it settles). A model
+/// seen for the first time has none.
+fn scale_events(
+    previous: &[ModelStatus],
+    mut models: Vec<ModelStatus>,
+    reasons: &[String],
+    now: &Time,
+) -> Vec<ModelStatus> {
+    for (i, m) in models.iter_mut().enumerate() {
+        let Some(before) = previous.iter().find(|p| p.model_id == m.model_id) else { continue };
+        let reason = reasons.get(i).cloned().unwrap_or_default();
+        m.last_scale = if before.desired_replicas == m.desired_replicas {
+            before.last_scale.clone().map(|mut e| {
+                let age = e.time.parse::<jiff::Timestamp>().map(|t| now.0.as_second() - t.as_second());
+                if age.is_ok_and(|a| a <= SCALE_REASON_SETTLES_SECONDS) && e.to == m.desired_replicas {
+                    e.reason = reason;
+                }
+                e
+            })
+        } else {
+            Some(ScaleEvent {
+                // Whole seconds, as Kubernetes writes times.
+                time: jiff::Timestamp::from_second(now.0.as_second()).unwrap_or(now.0).to_string(),
+                from: before.desired_replicas,
+                to: m.desired_replicas,
+                reason,
+            })
+        };
+    }
+    models
 }
 
 /// Status with conditions merged into the previous ones; what `observed` is `None` for (a spec
@@ -194,7 +261,7 @@ pub fn next_status(
 ) -> LlmApplicationStatus {
     let prev = previous.cloned().unwrap_or_default();
     let (models, router_url, auth) = match observed {
-        Some(o) => (o.models, Some(o.router_url), Some(o.auth)),
+        Some(o) => (scale_events(&prev.models, o.models, &o.scale_reasons, &now), Some(o.router_url), Some(o.auth)),
         None => (prev.models.clone(), prev.router_url, prev.auth),
     };
     LlmApplicationStatus {

@@ -452,7 +452,8 @@ fn tenant_limits_json_holds_only_what_is_set() {
 
 #[test]
 fn status_reports_auth_from_what_was_applied() {
-    let observed = |auth| status::Observed { models: vec![], router_url: "http://r".into(), auth };
+    let observed =
+        |auth| status::Observed { models: vec![], scale_reasons: vec![], router_url: "http://r".into(), auth };
     let now = t("2026-01-01T00:00:00Z");
     let on = status::next_status(None, &[], Some(1), Some(observed(AuthStatus::ApiKeys)), now.clone());
     assert_eq!(on.auth, Some(AuthStatus::ApiKeys));
@@ -461,6 +462,63 @@ fn status_reports_auth_from_what_was_applied() {
     let off = status::next_status(Some(&kept), &[], Some(3), Some(observed(AuthStatus::None)), now);
     assert_eq!(off.auth, Some(AuthStatus::None));
     assert_eq!(serde_json::to_value(&off).unwrap()["auth"], "none", "the AUTH column's value");
+}
+
+#[test]
+fn a_change_of_desired_replicas_is_a_scale_event_with_its_reason() {
+    let model = |desired| llmserve_operator::crd::ModelStatus {
+        model_id: "m".into(),
+        replicas: 1,
+        ready_replicas: 1,
+        desired_replicas: desired,
+        last_scale: None,
+    };
+    let observed = |desired, reason: &str| status::Observed {
+        models: vec![model(desired)],
+        scale_reasons: vec![reason.into()],
+        router_url: "http://r".into(),
+        auth: AuthStatus::None,
+    };
+    let first =
+        status::next_status(None, &[], Some(1), Some(observed(1, "spec: numReplicas")), t("2026-01-01T00:00:00Z"));
+    assert_eq!(first.models[0].last_scale, None, "a model seen for the first time has no event");
+    let why = "HorizontalPodAutoscaler: llmserve_ttft_p95_seconds 840m per pod, target 500m";
+    let up = status::next_status(Some(&first), &[], Some(1), Some(observed(2, why)), t("2026-01-01T00:01:00.25Z"));
+    let event = up.models[0].last_scale.clone().expect("a scale event");
+    assert_eq!((event.from, event.to, event.reason.as_str()), (1, 2, why));
+    assert_eq!(event.time, "2026-01-01T00:01:00Z");
+    // The HPA reports the metrics it scaled on a moment after scaling: the reason follows them
+    // for a while, then stays.
+    let why_later = "HorizontalPodAutoscaler: llmserve_ttft_p95_seconds 910m per pod, target 500m";
+    let settled = status::next_status(Some(&up), &[], Some(1), Some(observed(2, why_later)), t("2026-01-01T00:01:20Z"));
+    let event = settled.models[0].last_scale.clone().expect("the same event");
+    assert_eq!(
+        (event.from, event.to, event.reason.as_str(), event.time.as_str()),
+        (1, 2, why_later, "2026-01-01T00:01:00Z")
+    );
+    let same = status::next_status(Some(&settled), &[], Some(1), Some(observed(2, "other")), t("2026-01-01T00:05:00Z"));
+    assert_eq!(same.models[0].last_scale, Some(event), "an unchanged count keeps the last event");
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "a--m"},
+        "spec": {
+            "scaleTargetRef": {"kind": "Deployment", "name": "a--m"},
+            "maxReplicas": 3,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": "llmserve_kv_cache_usage"},
+                "target": {"type": "AverageValue", "averageValue": "500m"},
+            }}],
+        },
+        "status": {"desiredReplicas": 2, "currentMetrics": [{"type": "Pods", "pods": {
+            "metric": {"name": "llmserve_kv_cache_usage"},
+            "current": {"averageValue": "730m"},
+        }}]},
+    }))
+    .unwrap();
+    assert_eq!(
+        status::scale_reason(Some(&hpa)),
+        "HorizontalPodAutoscaler: llmserve_kv_cache_usage 730m per pod, target 500m"
+    );
+    assert_eq!(status::scale_reason(None), "spec: numReplicas");
 }
 
 #[test]

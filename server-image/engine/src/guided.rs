@@ -108,7 +108,7 @@ impl Guidance {
 
 /// JSON without optional whitespace: a small model given the freedom fills its budget with
 /// newlines. A schema that sets its own `x-guidance` options keeps them.
-fn compact(mut schema: Value) -> Value {
+pub fn compact(mut schema: Value) -> Value {
     if let Some(obj) = schema.as_object()
         && !obj.contains_key("x-guidance")
     {

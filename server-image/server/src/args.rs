@@ -103,6 +103,11 @@ pub struct Args {
     /// NetworkPolicy can let Prometheus scrape without reaching the API; both stay on `--port`.
     #[arg(long, env = "LLMSERVE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// The chat template (Jinja, as Hugging Face writes them): a file, or the template itself
+    /// when no such file exists; instead of the model's `tokenizer_config.json` `chat_template`.
+    /// A tool-calling model's template renders `tools`, assistant `tool_calls` and `tool` turns.
+    #[arg(long, env = "LLMSERVE_CHAT_TEMPLATE")]
+    pub chat_template: Option<String>,
     /// `json` or `text` logs.
     #[arg(long, env = "LLMSERVE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,

@@ -156,10 +156,13 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         }
         Some(m)
     };
-    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("chat_template")?.as_str().map(String::from));
+    let chat_template = match &args.chat_template {
+        Some(given) => Some(chat_template(given)?),
+        None => std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("chat_template")?.as_str().map(String::from)),
+    };
     let engine_cfg = EngineConfig {
         scheduler: SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
@@ -194,6 +197,22 @@ pub fn load(args: &Args, state: &AppState) -> anyhow::Result<()> {
         guidance,
     });
     Ok(())
+}
+
+/// `--chat-template`: the file's text, or the argument itself when it is a template; either
+/// must compile, so a broken template stops the server at start, not at the first chat.
+fn chat_template(given: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(given);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--chat-template {given:?}: {e}"))?
+    } else if given.contains("{{") || given.contains("{%") {
+        given.to_string()
+    } else {
+        anyhow::bail!("--chat-template {given:?}: no such file, and not a Jinja template");
+    };
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", &text).map_err(|e| anyhow::anyhow!("--chat-template: {e}"))?;
+    Ok(text)
 }
 
 /// Builds the state for `args` (reads config.json for the context length).

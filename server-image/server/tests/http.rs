@@ -461,10 +461,10 @@ async fn fields_the_server_does_not_implement_are_refused_by_name() {
         assert_eq!(v["error"]["param"], param, "{v}");
         assert_eq!(v["error"]["code"], code, "{v}");
     }
-    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let tools = json!([{"type": "function", "function": {"name": "f g", "parameters": {}}}]);
     let chat = json!({"model": "stories260k", "messages": [{"role": "user", "content": "Hi"}], "tools": tools});
     let (s, v) = json_call(&app, "POST", "/v1/chat/completions", Some(chat)).await;
-    assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!("tools")), "{v}");
+    assert_eq!((s, &v["error"]["param"]), (StatusCode::BAD_REQUEST, &json!("tools[0].function.name")), "{v}");
     let mut streamed = base.clone();
     streamed["stream"] = json!(true);
     for (options, param) in [

@@ -17,6 +17,7 @@ use llmserve_engine::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::tools::{Call, Piece, ToolParser, parse_answer};
 use super::validate::ValidGeneration;
 use crate::state::AppState;
 
@@ -63,6 +64,7 @@ pub async fn respond(state: &AppState, valid: ValidGeneration, kind: Kind) -> Re
         last_prompt_token,
         streamed: valid.stream,
         echo: valid.echo.unwrap_or_default(),
+        tool_calls: valid.tool_calls && kind == Kind::Chat,
     };
     if valid.stream {
         Ok(sse(head, stream, valid.include_usage, with_logprobs))
@@ -86,6 +88,8 @@ struct Head {
     streamed: bool,
     /// What each choice's text begins with (completions' `echo`), or nothing.
     echo: String,
+    /// Chat with tools: each answer is read for tool calls (see [`super::tools`]).
+    tool_calls: bool,
 }
 
 /// A token's log-probabilities with the token (and its alternatives) as text.
@@ -183,6 +187,28 @@ impl Head {
         self.envelope(vec![choice], None)
     }
 
+    /// Tool call `k` of choice `index` in OpenAI's shape (`index` among the choice's calls
+    /// when streamed, as its deltas carry it).
+    fn tool_call(&self, index: usize, k: usize, call: &Call) -> Value {
+        let serial = self.id.trim_start_matches("chatcmpl-");
+        let mut v = json!({
+            "id": format!("call_{serial}{index:02x}{k:02x}"),
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        });
+        if let (true, Some(o)) = (self.streamed, v.as_object_mut()) {
+            o.insert("index".into(), k.into());
+        }
+        v
+    }
+
+    /// A streamed chunk carrying tool call `k` of choice `index`, whole.
+    fn tool_chunk(&self, index: usize, k: usize, call: &Call, logprobs: Option<Value>) -> Value {
+        let delta = json!({"tool_calls": [self.tool_call(index, k, call)]});
+        let choice = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null});
+        self.envelope(vec![choice], None)
+    }
+
     /// A response or chunk object around `choices`.
     fn envelope(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
         let object = match self.kind {
@@ -250,6 +276,16 @@ async fn whole(head: Head, mut stream: RequestStream, with_logprobs: bool) -> Re
                 Kind::Completion => {
                     json!({"index": index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish})
                 }
+                Kind::Chat if head.tool_calls => {
+                    let (content, calls) = parse_answer(&c.text);
+                    let mut message = json!({"role": "assistant", "content": content});
+                    let finish = finish_reason(c.finish, !calls.is_empty());
+                    if let (false, Some(o)) = (calls.is_empty(), message.as_object_mut()) {
+                        let calls = calls.iter().enumerate().map(|(k, call)| head.tool_call(index, k, call));
+                        o.insert("tool_calls".into(), calls.collect());
+                    }
+                    json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
+                }
                 Kind::Chat => {
                     let message = json!({"role": "assistant", "content": c.text});
                     json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": c.finish})
@@ -258,6 +294,14 @@ async fn whole(head: Head, mut stream: RequestStream, with_logprobs: bool) -> Re
         })
         .collect();
     Ok(Json(head.envelope(out, Some(usage(prompt_tokens, completion_tokens)))).into_response())
+}
+
+/// An answer that called tools and ended by itself finishes with `tool_calls` (as OpenAI's do).
+fn finish_reason(reason: Option<&'static str>, called: bool) -> Option<&'static str> {
+    match reason {
+        Some("stop") if called => Some("tool_calls"),
+        other => other,
+    }
 }
 
 enum Phase {
@@ -273,6 +317,9 @@ struct Streamed {
     pending: Vec<Entry>,
     sent: usize,
     prev: Option<u32>,
+    /// Chat with tools: what reads the calls out of the text, and how many it has sent.
+    parser: Option<ToolParser>,
+    calls: usize,
 }
 
 struct Flow {
@@ -296,11 +343,37 @@ impl Flow {
         c.pending.clear();
         Some(v)
     }
+
+    /// The chunks of what choice `index`'s tool parser let through: content and whole calls.
+    fn pieces(&mut self, index: usize, pieces: Vec<Piece>, with_logprobs: bool) -> Vec<Value> {
+        let mut out = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let lp = self.take_logprobs(index, with_logprobs);
+            match piece {
+                Piece::Content(text) => out.push(self.head.chunk(index, Some(&text), false, None, lp)),
+                Piece::Call(call) => {
+                    let k = self.choices.get(index).map_or(0, |c| c.calls);
+                    out.push(self.head.tool_chunk(index, k, &call, lp));
+                    if let Some(c) = self.choices.get_mut(index) {
+                        c.calls += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 fn sse(head: Head, stream: RequestStream, include_usage: bool, with_logprobs: bool) -> Response {
-    let choices =
-        (0..stream.n()).map(|_| Streamed { pending: Vec::new(), sent: 0, prev: head.last_prompt_token }).collect();
+    let choices = (0..stream.n())
+        .map(|_| Streamed {
+            pending: Vec::new(),
+            sent: 0,
+            prev: head.last_prompt_token,
+            parser: head.tool_calls.then(ToolParser::default),
+            calls: 0,
+        })
+        .collect();
     let flow = Flow { head, stream, phase: Phase::Start, choices, prompt_tokens: 0, completion_tokens: 0 };
     let events = stream::unfold(flow, move |mut f| async move {
         let data = |v: &Value| SseEvent::default().data(v.to_string());
@@ -333,7 +406,10 @@ fn sse(head: Head, stream: RequestStream, include_usage: bool, with_logprobs: bo
                             c.pending.push(e);
                         }
                         c.prev = Some(id);
-                        if text.is_empty() {
+                        let parsed = if text.is_empty() { None } else { c.parser.as_mut().map(|p| p.push(&text)) };
+                        if let Some(pieces) = parsed {
+                            f.pieces(index, pieces, with_logprobs).iter().map(data).collect()
+                        } else if text.is_empty() {
                             Vec::new()
                         } else {
                             let lp = f.take_logprobs(index, with_logprobs);
@@ -350,9 +426,16 @@ fn sse(head: Head, stream: RequestStream, include_usage: bool, with_logprobs: bo
                     Some(Event::Finished { index, reason, prompt_tokens, completion_tokens, .. }) => {
                         f.prompt_tokens = prompt_tokens;
                         f.completion_tokens += completion_tokens;
+                        // What the tool parser still held: text, or a call cut off at the end.
+                        let rest = f.choices.get_mut(index).and_then(|c| c.parser.as_mut()).map(ToolParser::finish);
+                        let mut out: Vec<SseEvent> =
+                            f.pieces(index, rest.unwrap_or_default(), with_logprobs).iter().map(data).collect();
+                        let called = f.choices.get(index).is_some_and(|c| c.calls > 0);
                         let pending = f.choices.get(index).is_some_and(|c| !c.pending.is_empty());
                         let lp = if pending { f.take_logprobs(index, with_logprobs) } else { None };
-                        vec![data(&f.head.chunk(index, None, false, Some(reason.as_str()), lp))]
+                        let reason = finish_reason(Some(reason.as_str()), called);
+                        out.push(data(&f.head.chunk(index, None, false, reason, lp)));
+                        out
                     }
                     None if f.stream.finished() => {
                         let mut v = Vec::new();

@@ -5,6 +5,7 @@ mod completions;
 pub mod error;
 mod generate;
 mod models;
+pub mod tools;
 pub mod validate;
 
 use std::time::Instant;

@@ -23,6 +23,8 @@ pub struct ValidGeneration {
     pub include_usage: bool,
     /// Text every choice begins with (completions' `echo`: the prompt).
     pub echo: Option<String>,
+    /// Chat with tools: the answers are read for tool calls.
+    pub tool_calls: bool,
 }
 
 // === which fields a request may carry ===
@@ -58,8 +60,8 @@ const GENERATION_FIELDS: &[&str] = &[
 /// `POST /v1/completions`'s own fields.
 pub const COMPLETION_FIELDS: &[&str] = &["prompt", "echo"];
 
-/// `POST /v1/chat/completions`'s own fields (`parallel_tool_calls` means nothing without tools).
-pub const CHAT_FIELDS: &[&str] = &["messages", "max_completion_tokens", "parallel_tool_calls"];
+/// `POST /v1/chat/completions`'s own fields.
+pub const CHAT_FIELDS: &[&str] = &["messages", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls"];
 
 /// Fields of OpenAI's and vLLM's APIs this server does not implement, each with the values that ask
 /// for nothing (accepted, as clients send them by default); any other value is refused. (Chat's
@@ -374,6 +376,11 @@ fn guide(body: &serde_json::Map<String, Value>, state: &AppState) -> Result<Opti
         found = Some((key, spec));
     }
     let Some((key, spec)) = found else { return Ok(None) };
+    compile_guide(state, key, &spec).map(Some)
+}
+
+/// `spec` compiled for this model; an error is a 400 naming `key`, with llguidance's message.
+pub fn compile_guide(state: &AppState, key: &str, spec: &GuideSpec) -> Result<Guide, ApiError> {
     let loaded = state.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))?;
     let Some(guidance) = &loaded.guidance else {
         return Err(ApiError::unsupported(
@@ -381,7 +388,7 @@ fn guide(body: &serde_json::Map<String, Value>, state: &AppState) -> Result<Opti
             format!("`{key}`: structured output needs a tokenizer.json llguidance reads"),
         ));
     };
-    guidance.compile(&spec).map(Some).map_err(|e| ApiError::invalid(key, format!("invalid `{key}`: {e}")))
+    guidance.compile(spec).map_err(|e| ApiError::invalid(key, format!("invalid `{key}`: {e}")))
 }
 
 /// Validates sampling and length fields for `prompt` and builds the engine request.
@@ -513,5 +520,6 @@ pub fn generation(
         stream,
         include_usage,
         echo: None,
+        tool_calls: false,
     })
 }

@@ -165,7 +165,8 @@ def test_echo_max_completion_tokens_user_and_stop(client):
 @pytest.mark.parametrize(
     "route, fields, param",
     [
-        ("chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ("chat", {"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
+        ("completions", {"extra_body": {"tools": [{"type": "function", "function": {"name": "f"}}]}}, "tools"),
         ("chat", {"tool_choice": "required"}, "tool_choice"),
         ("chat", {"n": 17}, "n"),
         ("completions", {"best_of": 3}, "best_of"),
