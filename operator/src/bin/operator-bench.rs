@@ -5,6 +5,14 @@
 //! same children (built with the same pure builders) with the same concurrency, so the ratio says
 //! what the operator's watch, queue and status round trips cost over raw API writes.
 //!
+//! With `--steady-seconds S`, each N is run twice more through the operator, with live status on
+//! and off, and once every application is reconciled the API server's own counters (requests
+//! served, CPU seconds) are read over S quiet seconds: the load live status adds at N applications.
+//! `--fake-routers` (root) makes every application's router answer the operator's reads: the
+//! test API server's Service range is routed to loopback, where the bench serves `GET /status` on
+//! the routers' metrics port with figures that change on every read, so every application is worth
+//! a status write each time it may have one (the worst case).
+//!
 //! `cargo run --release -p llmserve-operator --bin operator-bench -- --apps 100 --apps 1000`
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice, clippy::panic)]
@@ -35,6 +43,85 @@ struct Args {
     /// Operator binary (defaults to the one built next to this bench).
     #[arg(long)]
     operator: Option<PathBuf>,
+    /// Quiet seconds over which the API server's load is read, live status on and off (0: skip).
+    #[arg(long, default_value_t = 0)]
+    steady_seconds: u64,
+    /// Answer every router read with changing figures (routes 10.96.0.0/16 to loopback; root).
+    #[arg(long)]
+    fake_routers: bool,
+}
+
+/// The test API server's Service range (`tests/harness/control-plane.sh`).
+const SERVICE_RANGE: &str = "10.96.0.0/16";
+
+/// Router reads answered, each with new figures.
+static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A router's `GET /status` whose figures change on every read: requests per second cycle through
+/// 1 to 7, so each read differs from the last written figures by more than the write threshold
+/// six times in seven.
+async fn fake_status() -> axum::Json<serde_json::Value> {
+    let n = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rps = 1.0 + (n % 7) as f64;
+    axum::Json(serde_json::json!({"models": [{
+        "model": "qwen-0.5b", "readyReplicas": 1.0, "running": 1.0, "waiting": 0.0, "kvCacheUsage": 0.1,
+        "requestsPerSecond": rps, "outputTokensPerSecond": rps * 50.0, "ttftSecondsP50": 0.05, "ttftSecondsP95": 0.1,
+    }]}))
+}
+
+/// Serves [`fake_status`] on every address of [`SERVICE_RANGE`], port 9090, until dropped.
+struct FakeRouters(tokio::task::JoinHandle<()>);
+
+impl FakeRouters {
+    async fn start() -> anyhow::Result<Self> {
+        let ok = Command::new("ip").args(["route", "add", "local", SERVICE_RANGE, "dev", "lo"]).status()?.success();
+        if !ok {
+            bail!("ip route add local {SERVICE_RANGE} dev lo failed (root is needed)");
+        }
+        let listener =
+            tokio::net::TcpListener::bind(("0.0.0.0", u16::try_from(llmserve_operator::build::METRICS_PORT)?)).await?;
+        let app = axum::Router::new().route("/status", axum::routing::get(fake_status));
+        Ok(FakeRouters(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })))
+    }
+}
+
+impl Drop for FakeRouters {
+    fn drop(&mut self) {
+        self.0.abort();
+        let _ = Command::new("ip").args(["route", "del", "local", SERVICE_RANGE, "dev", "lo"]).status();
+    }
+}
+
+/// The API server's requests served (`apiserver_request_total`, all kinds) and CPU seconds.
+async fn apiserver_counters(client: &Client) -> anyhow::Result<(f64, f64)> {
+    let text = client.request_text(axum::http::Request::get("/metrics").body(Vec::new())?).await?;
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let requests = text.lines().filter(|l| l.starts_with("apiserver_request_total{")).map(value).sum();
+    let cpu = text.lines().find(|l| l.starts_with("process_cpu_seconds_total ")).map(value).unwrap_or(0.0);
+    Ok((requests, cpu))
+}
+
+/// A sum of the operator's counters whose lines start with `prefix`.
+fn counter(metrics: &str, prefix: &str) -> f64 {
+    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Live status on or off, and the quiet window to measure (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    on: bool,
+    steady_seconds: u64,
+}
+
+/// What one quiet window saw, per second.
+#[derive(Debug, Default, Clone, Copy)]
+struct Steady {
+    requests: f64,
+    cpu: f64,
+    reads: f64,
+    writes: f64,
 }
 
 fn repo_root() -> PathBuf {
@@ -114,13 +201,16 @@ async fn with_operator(
     ns: &str,
     n: usize,
     concurrency: usize,
-) -> anyhow::Result<(Duration, f64)> {
+    live: Live,
+) -> anyhow::Result<(Duration, f64, Steady)> {
+    let Live { on: live, steady_seconds } = live;
     namespace(client, ns).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut child = Command::new(operator)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn")
         .args(["--namespace", ns, "--watch-namespace", ns, "--leader-election", "false"])
+        .arg(format!("--live-status={live}"))
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .env("LLMSERVE_USAGE_STATS_ENABLED", "0")
         .env("LLMSERVE_CONCURRENCY", concurrency.to_string())
@@ -168,14 +258,38 @@ async fn with_operator(
     }
     let elapsed = start.elapsed();
     peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
-    if let Ok(body) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await {
+    let operator_metrics = || async {
+        let answer = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?;
+        anyhow::Ok(answer.text().await?)
+    };
+    if let Ok(body) = operator_metrics().await {
         for l in body.lines().filter(|l| l.starts_with("llmserve_operator_reconcile") && !l.contains("_bucket")) {
             eprintln!("  {l}");
         }
     }
+    let mut steady = Steady::default();
+    if steady_seconds > 0 {
+        // Past the last reconciles and the first round of reads, then nothing from the bench.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (m0, (r0, c0)) = (operator_metrics().await?, apiserver_counters(client).await?);
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(steady_seconds)).await;
+        let (m1, (r1, c1)) = (operator_metrics().await?, apiserver_counters(client).await?);
+        let secs = t0.elapsed().as_secs_f64();
+        let reads = |m: &str| counter(m, "llmserve_operator_live_reads_total");
+        let writes = |m: &str| counter(m, "llmserve_operator_live_status_writes_total");
+        steady = Steady {
+            requests: (r1 - r0) / secs,
+            cpu: (c1 - c0) / secs,
+            reads: (reads(&m1) - reads(&m0)) / secs,
+            writes: (writes(&m1) - writes(&m0)) / secs,
+        };
+        let ok_reads = counter(&m1, "llmserve_operator_live_reads_total{result=\"ok\"}");
+        eprintln!("  live status {live}: {steady:?} per second; {ok_reads} reads answered in all");
+    }
     let _ = child.kill();
     let _ = child.wait();
-    Ok((elapsed, peak))
+    Ok((elapsed, peak, steady))
 }
 
 #[tokio::main]
@@ -215,10 +329,13 @@ async fn main() -> anyhow::Result<()> {
             operator peak RSS (MiB) |"
     );
     println!("|---:|---:|---:|---:|---:|");
+    let _fake = if args.fake_routers { Some(FakeRouters::start().await?) } else { None };
+    let mut steady = Vec::new();
     for n in &args.apps {
         let base = baseline(&client, &format!("base-{n}"), *n, args.concurrency).await?;
-        let (op, rss) =
-            with_operator(&client, &kubeconfig, &operator, &format!("op-{n}"), *n, args.concurrency).await?;
+        let live = Live { on: true, steady_seconds: 0 };
+        let (op, rss, _) =
+            with_operator(&client, &kubeconfig, &operator, &format!("op-{n}"), *n, args.concurrency, live).await?;
         println!(
             "| {n} | {:.2} | {:.2} | {:.2} | {:.1} |",
             base.as_secs_f64(),
@@ -226,6 +343,26 @@ async fn main() -> anyhow::Result<()> {
             op.as_secs_f64() / base.as_secs_f64(),
             rss
         );
+        if args.steady_seconds > 0 {
+            let mut pair = Vec::new();
+            for on in [false, true] {
+                let (ns, live) = (format!("steady-{n}-{on}"), Live { on, steady_seconds: args.steady_seconds });
+                pair.push(with_operator(&client, &kubeconfig, &operator, &ns, *n, args.concurrency, live).await?.2);
+            }
+            steady.push((*n, pair));
+        }
+    }
+    if !steady.is_empty() {
+        println!();
+        println!(
+            "| apps | live status | API server requests/s | API server CPU (cores) | router reads/s | status writes/s |"
+        );
+        println!("|---:|---|---:|---:|---:|---:|");
+        for (n, pair) in &steady {
+            for (s, live) in pair.iter().zip(["off", "on"]) {
+                println!("| {n} | {live} | {:.1} | {:.3} | {:.1} | {:.2} |", s.requests, s.cpu, s.reads, s.writes);
+            }
+        }
     }
     // The harness tears the control plane down once this process exits.
     drop(cp);
