@@ -233,44 +233,52 @@ impl ToolParser {
         out
     }
 
+    /// A loop, not recursion: a long answer read whole may hold thousands of calls.
     fn feed(&mut self, text: &str, out: &mut Vec<Piece>) {
-        if self.failed {
-            self.content(text.to_string(), out);
-            return;
-        }
-        match self.body.as_mut() {
-            Some(body) => {
-                body.push_str(text);
-                let Some(end) = body.find(CLOSE) else { return };
-                let rest = body.split_off(end + CLOSE.len());
-                body.truncate(end);
-                let body = self.body.take().unwrap_or_default();
-                self.call(&body, Some(CLOSE), out);
-                if !rest.is_empty() {
-                    self.feed(&rest, out);
-                }
+        let mut pending = text.to_string();
+        while !pending.is_empty() {
+            if self.failed {
+                self.content(pending, out);
+                return;
             }
-            None => {
-                self.held.push_str(text);
-                if let Some(start) = self.held.find(OPEN) {
-                    let rest = self.held.split_off(start + OPEN.len());
-                    self.held.truncate(start);
-                    let before = std::mem::take(&mut self.held);
-                    self.content(before, out);
-                    self.body = Some(String::new());
-                    if !rest.is_empty() {
-                        self.feed(&rest, out);
+            match self.body.as_mut() {
+                Some(body) => {
+                    // Only where `</tool_call>` may end in the new text is searched, so a long
+                    // call streamed token by token costs linear time.
+                    let from = body.len().saturating_sub(CLOSE.len() - 1);
+                    body.push_str(&pending);
+                    pending.clear();
+                    let found = match body.get(from..) {
+                        Some(tail) => tail.find(CLOSE).map(|i| from + i),
+                        None => body.find(CLOSE),
+                    };
+                    let Some(end) = found else { return };
+                    let rest = body.split_off(end + CLOSE.len());
+                    body.truncate(end);
+                    let body = self.body.take().unwrap_or_default();
+                    self.call(&body, Some(CLOSE), out);
+                    pending = rest;
+                }
+                None => {
+                    self.held.push_str(&pending);
+                    pending.clear();
+                    if let Some(start) = self.held.find(OPEN) {
+                        pending = self.held.split_off(start + OPEN.len());
+                        self.held.truncate(start);
+                        let before = std::mem::take(&mut self.held);
+                        self.content(before, out);
+                        self.body = Some(String::new());
+                    } else {
+                        // Hold back the longest tail that `<tool_call>` could begin with.
+                        // (`OPEN` is ASCII, so where such a tail starts is a character boundary.)
+                        let keep = (1..OPEN.len())
+                            .rev()
+                            .find(|&k| OPEN.get(..k).is_some_and(|p| self.held.ends_with(p)))
+                            .unwrap_or(0);
+                        let tail = self.held.split_off(self.held.len() - keep);
+                        let sendable = std::mem::replace(&mut self.held, tail);
+                        self.content(sendable, out);
                     }
-                } else {
-                    // Hold back the longest tail that `<tool_call>` could begin with.
-                    // (`OPEN` is ASCII, so where such a tail starts is a character boundary.)
-                    let keep = (1..OPEN.len())
-                        .rev()
-                        .find(|&k| OPEN.get(..k).is_some_and(|p| self.held.ends_with(p)))
-                        .unwrap_or(0);
-                    let tail = self.held.split_off(self.held.len() - keep);
-                    let sendable = std::mem::replace(&mut self.held, tail);
-                    self.content(sendable, out);
                 }
             }
         }
@@ -473,6 +481,13 @@ mod tests {
         assert_eq!(parse_answer("plain <tool text"), (Some("plain <tool text".into()), vec![]));
         let broken = "<tool_call>\n{\"name\": 3}\n</tool_call> after";
         assert_eq!(parse_answer(broken), (Some(broken.into()), vec![]));
+    }
+
+    #[test]
+    fn thousands_of_calls_in_one_answer_are_read_without_recursion() {
+        let one = format!("{OPEN}\n{{\"name\": \"f\", \"arguments\": {{}}}}\n{CLOSE}\n");
+        let (content, calls) = parse_answer(&one.repeat(20_000));
+        assert_eq!((content, calls.len()), (None, 20_000));
     }
 
     proptest! {
