@@ -252,6 +252,15 @@ pub fn own_counters(registry: &prometheus::Registry) -> HashMap<String, (f64, f6
     out
 }
 
+/// A replica's `/metrics` text, or `None` when it does not answer with one within a second.
+pub async fn replica_metrics(client: &reqwest::Client, base_url: &str) -> Option<String> {
+    let answer = client.get(format!("{base_url}/metrics")).timeout(Duration::from_secs(1)).send().await;
+    match answer {
+        Ok(r) if r.status().is_success() => r.text().await.ok(),
+        _ => None,
+    }
+}
+
 /// Refreshes `live` every [`INTERVAL`]: each replica's `/metrics` (1 s at most), the router's
 /// own counters.
 pub async fn run(live: Arc<Live>, pool: Arc<Pool>, client: reqwest::Client, registry: prometheus::Registry) {
@@ -262,12 +271,7 @@ pub async fn run(live: Arc<Live>, pool: Arc<Pool>, client: reqwest::Client, regi
         let reads = pool.all_replicas().into_iter().map(|(model, replica)| {
             let client = client.clone();
             async move {
-                let url = format!("{}/metrics", replica.url);
-                let answer = client.get(&url).timeout(Duration::from_secs(1)).send().await;
-                let text = match answer {
-                    Ok(r) if r.status().is_success() => r.text().await.ok(),
-                    _ => None,
-                };
+                let text = replica_metrics(&client, &replica.url).await;
                 (model, replica.url.clone(), text.as_deref().and_then(parse_engine))
             }
         });

@@ -186,12 +186,7 @@ async fn engine_loads(pool: Arc<Pool>, client: reqwest::Client, every: Duration)
         let reads = pool.all_replicas().into_iter().map(|(_, replica)| {
             let client = client.clone();
             async move {
-                let url = format!("{}/metrics", replica.url);
-                let answer = client.get(&url).timeout(Duration::from_secs(1)).send().await;
-                let text = match answer {
-                    Ok(r) if r.status().is_success() => r.text().await.ok(),
-                    _ => None,
-                };
+                let text = crate::live::replica_metrics(&client, &replica.url).await;
                 let load = text.and_then(|t| routing::parse_engine_load(&t, std::time::Instant::now()));
                 replica.set_engine_load(load);
             }
